@@ -1,0 +1,51 @@
+"""Hashrate from accepted work over a sliding window, in fixed time buckets.
+
+A share at weight w stands for 2**w hashes on average. Summing that work over the last
+``window`` seconds and dividing by the span gives a hashrate that needs no per-share history:
+memory is one float per bucket whatever the share rate.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+
+
+class HashrateMeter:
+    __slots__ = ("window", "bucket", "_buckets", "_started", "_total")
+
+    def __init__(self, window: float = 600.0, bucket: float = 10.0) -> None:
+        if window <= 0 or bucket <= 0 or bucket > window:
+            raise ValueError("need 0 < bucket <= window")
+        self.window = window
+        self.bucket = bucket
+        self._buckets: deque[list[float]] = deque()  # [bucket start, work]
+        self._started: float | None = None
+        self._total = 0.0
+
+    def add(self, now: float, work: float) -> None:
+        if self._started is None:
+            self._started = now
+        start = now - (now % self.bucket)
+        if self._buckets and self._buckets[-1][0] == start:
+            self._buckets[-1][1] += work
+        else:
+            self._buckets.append([start, work])
+        self._total += work
+        self._expire(now)
+
+    def _expire(self, now: float) -> None:
+        horizon = now - self.window
+        while self._buckets and self._buckets[0][0] + self.bucket <= horizon:
+            self._total -= self._buckets.popleft()[1]
+        if not self._buckets:
+            self._total = 0.0
+
+    def rate(self, now: float) -> float:
+        """Hashes per second over the window (or since the first share, when that is shorter)."""
+        if self._started is None:
+            return 0.0
+        self._expire(now)
+        span = min(self.window, now - self._started)
+        # Never divide by less than one bucket: one lucky share must not read as a huge rate.
+        span = max(span, self.bucket)
+        return self._total / span

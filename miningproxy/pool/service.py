@@ -1,0 +1,230 @@
+"""The pool: templates in, jobs out, shares checked, blocks submitted.
+
+Consumers (Stratum sessions, local workers) subscribe to ``work``: a latest-value signal that says
+"build a new job now" (a new template, or a periodic refresh so timestamps stay fresh). A slow
+consumer sees only the newest signal and never queues stale ones. Shares come back through
+:meth:`PoolService.submit_share`, which answers at once; a share that is a block starts its
+submission in the background so the rig's reply is never delayed by the node.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import trio
+
+from miningproxy.hathor.addresses import decode_address
+from miningproxy.hathor.template import BlockTemplate
+from miningproxy.latest import LatestValue
+from miningproxy.metrics import Metrics
+from miningproxy.pool.jobs import Generation, Job, JobFactory
+from miningproxy.pool.shares import ShareResult, check_share
+from miningproxy.pool.stats import MinerId, PoolStats
+
+log = logging.getLogger("miningproxy.pool")
+
+RECENT_BLOCKS = 200
+
+
+class Upstream(Protocol):
+    templates: LatestValue[Any]
+
+    async def submit(self, struct: bytes, *, block_hash: bytes) -> Any: ...
+
+
+@dataclass(frozen=True)
+class WorkSignal:
+    generation: Generation
+    clean: bool  # the tip changed: every earlier job is stale
+    seq: int
+    issued_at: float  # trio time
+
+
+@dataclass(eq=False)
+class FoundBlock:
+    hash: bytes
+    height: int
+    miner: MinerId
+    job_id: str
+    found_at: float  # wall clock
+    status: str = "found"  # found -> submitted -> accepted | rejected | stale
+    reason: str = ""
+    node: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "hash": self.hash.hex(),
+            "height": self.height,
+            "miner": str(self.miner),
+            "job_id": self.job_id,
+            "found_at": self.found_at,
+            "status": self.status,
+            "reason": self.reason,
+            "node": self.node,
+        }
+
+
+def pick_template(templates: list[BlockTemplate]) -> BlockTemplate:
+    """The node may offer several templates; a plain block (version 0) is what the pool mines."""
+    for template in templates:
+        if 0 in template.versions:
+            return template
+    return templates[0]
+
+
+class PoolService:
+    def __init__(
+        self,
+        *,
+        upstream: Upstream,
+        address: str,
+        tag: str,
+        job_refresh: float,
+        metrics: Metrics,
+        wallclock: Callable[[], float] = time.time,
+    ) -> None:
+        self.upstream = upstream
+        self.metrics = metrics
+        self.payout_script = decode_address(address).script
+        self.jobs = JobFactory(tag, wallclock=wallclock)
+        self.job_refresh = job_refresh
+        self.work: LatestValue[WorkSignal] = LatestValue()
+        self.stats = PoolStats()
+        self.blocks: deque[FoundBlock] = deque(maxlen=RECENT_BLOCKS)
+        self.template_received_at: float | None = None  # trio time of the last template update
+        self._wallclock = wallclock
+        self._seq = 0
+        self._nursery: trio.Nursery | None = None
+        self._in_flight: set[FoundBlock] = set()
+        self._drained = trio.Event()
+
+    # --- state ---------------------------------------------------------------------------------
+
+    @property
+    def generation(self) -> Generation | None:
+        return self.jobs.generation
+
+    @property
+    def tip(self) -> bytes | None:
+        generation = self.jobs.generation
+        return generation.tip if generation else None
+
+    def template_age(self) -> float | None:
+        if self.template_received_at is None:
+            return None
+        return trio.current_time() - self.template_received_at
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._follow_templates)
+            nursery.start_soon(self._refresh_jobs)
+            task_status.started()
+
+    async def _follow_templates(self) -> None:
+        async for update in self.upstream.templates.subscribe():
+            if not update.templates:
+                continue
+            self.metrics.templates.inc()
+            self.template_received_at = trio.current_time()
+            template = pick_template(update.templates)
+            previous = self.jobs.generation
+            if previous is not None and previous.template == template and previous.node == update.node:
+                continue
+            self._seq += 1
+            generation = Generation(self._seq, template, update.node, trio.current_time())
+            clean = previous is None or previous.tip != generation.tip
+            self.jobs.set_generation(generation)
+            if clean:
+                log.info("new tip %s at height %d (weight %.2f) from %s",
+                         generation.tip.hex()[:16], template.height, template.weight, update.node)
+            self.work.publish(WorkSignal(generation, clean, self._seq, trio.current_time()))
+
+    async def _refresh_jobs(self) -> None:
+        # New jobs at least every job_refresh seconds, so block timestamps follow the clock (the
+        # block weight a node asks for may depend on the timestamp) and rigs never sit idle.
+        while True:
+            current = self.work.current
+            if current is None:
+                await trio.sleep(self.job_refresh)
+                continue
+            due = current.issued_at + self.job_refresh
+            if trio.current_time() < due:
+                await trio.sleep_until(due)
+                continue
+            self._seq += 1
+            self.work.publish(WorkSignal(current.generation, False, self._seq, trio.current_time()))
+
+    # --- jobs and shares -----------------------------------------------------------------------
+
+    def new_job(self, *, payout_script: bytes | None = None, share_weight: float = 0.0, clean: bool = False) -> Job:
+        job = self.jobs.new_job(
+            payout_script or self.payout_script, share_weight, now=trio.current_time(), clean=clean
+        )
+        self.metrics.jobs_sent.inc()
+        return job
+
+    def submit_share(self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None) -> ShareResult:
+        arrived_at = trio.current_time() if arrived_at is None else arrived_at
+        result = check_share(job, nonce, self.tip)
+        if not result.accepted:
+            self.stats.rejected(miner, result.reason)
+            self.metrics.shares.labels("rejected", result.reason).inc()
+            return result
+        self.stats.accepted(miner, job.share_weight, arrived_at)
+        self.metrics.shares.labels("accepted", "ok").inc()
+        if result.is_block:
+            self._block_found(miner, job, nonce, result.hash or b"", arrived_at)
+        return result
+
+    def _block_found(self, miner: MinerId, job: Job, nonce: int, block_hash: bytes, arrived_at: float) -> None:
+        found = FoundBlock(block_hash, job.template.height, miner, job.job_id, self._wallclock())
+        self.blocks.append(found)
+        self.stats.block(miner)
+        self.metrics.blocks.labels("found").inc()
+        log.info("block found: height=%d hash=%s by %s", found.height, block_hash.hex(), miner)
+        struct = job.assembled.struct(nonce)
+        if self._nursery is None:
+            raise RuntimeError("PoolService.run() is not running")
+        self._in_flight.add(found)  # now, not when the task starts: drain() must see it
+        self._nursery.start_soon(self._submit_block, found, struct, arrived_at)
+
+    async def drain(self, timeout: float) -> None:
+        """Wait (bounded) for in-flight block submissions; log any still pending."""
+        with trio.move_on_after(timeout):
+            while self._in_flight:
+                self._drained = trio.Event()
+                await self._drained.wait()
+        for found in self._in_flight:
+            log.error("shutdown with block submission still pending: height=%d hash=%s (status %s)",
+                      found.height, found.hash.hex(), found.status)
+
+    async def _submit_block(self, found: FoundBlock, struct: bytes, arrived_at: float) -> None:
+        try:
+            await self._submit(found, struct, arrived_at)
+        finally:
+            self._in_flight.discard(found)
+            if not self._in_flight:
+                self._drained.set()
+
+    async def _submit(self, found: FoundBlock, struct: bytes, arrived_at: float) -> None:
+        found.status = "submitted"
+        self.metrics.blocks.labels("submitted").inc()
+        self.metrics.block_submit_latency.observe(trio.current_time() - arrived_at)
+        outcome = await self.upstream.submit(struct, block_hash=found.hash)
+        status = outcome.status if outcome.status in ("accepted", "rejected", "stale") else "rejected"
+        found.status = status
+        found.reason = outcome.reason or ""
+        found.node = outcome.node or ""
+        self.metrics.blocks.labels(status).inc()
+        level = logging.INFO if status == "accepted" else logging.WARNING
+        log.log(level, "block %s: height=%d hash=%s%s", status, found.height, found.hash.hex(),
+                f" ({found.reason})" if found.reason else "")

@@ -1,0 +1,45 @@
+"""Share validation: the hot path of the pool.
+
+A share is a nonce for a job. It is checked against the job's own share target (a job keeps the
+weight it was sent with, whatever vardiff decided since) using the job's cached midstate: two
+SHA-256 compressions and a bytes comparison. A share whose hash also meets the block weight is a
+block; only such checked blocks are ever submitted (the node disconnects on invalid ones).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hashing.header import NONCE_SIZE
+from miningproxy.pool.jobs import Job
+
+MAX_NONCE = (1 << (8 * NONCE_SIZE)) - 1
+
+
+@dataclass(frozen=True, slots=True)
+class ShareResult:
+    accepted: bool
+    reason: str  # "ok" or why it was rejected: invalid-solution, stale, duplicate, bad-nonce
+    hash: bytes | None = None  # big-endian block hash, when computed
+    is_block: bool = False
+
+
+STALE = ShareResult(False, "stale")
+DUPLICATE = ShareResult(False, "duplicate")
+BAD_NONCE = ShareResult(False, "bad-nonce")
+
+
+def check_share(job: Job, nonce: int, tip: bytes | None) -> ShareResult:
+    """Judge ``nonce`` for ``job``; ``tip`` is the current best block (the current template's
+    first parent). A job built on another parent can no longer make a block: it is stale."""
+    if not 0 <= nonce <= MAX_NONCE:
+        return BAD_NONCE
+    if job.generation.tip != tip:
+        return STALE
+    if nonce in job.seen_nonces:
+        return DUPLICATE
+    block_hash = job.hasher.hash_nonce_bytes(nonce.to_bytes(NONCE_SIZE, "big"))
+    if block_hash >= job.share_target:
+        return ShareResult(False, "invalid-solution", block_hash)
+    job.seen_nonces.add(nonce)
+    return ShareResult(True, "ok", block_hash, block_hash < job.block_target)

@@ -1,0 +1,64 @@
+"""Live accounting of miners: shares by result, work, hashrate, blocks.
+
+These are projections of what the share checker decided; the durable record is the pool's event
+log (a later issue). A miner is identified by its payout address and worker name.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+from hashing.pow import work_of
+from miningproxy.pool.hashrate import HashrateMeter
+
+
+@dataclass(frozen=True, slots=True)
+class MinerId:
+    address: str  # the rig's address (pool mode: for accounting only)
+    worker: str  # worker name, e.g. "rig1" or "local-0"
+
+    def __str__(self) -> str:
+        return f"{self.address}.{self.worker}" if self.address else self.worker
+
+
+@dataclass
+class MinerStats:
+    accepted: int = 0
+    rejected: Counter[str] = field(default_factory=Counter)
+    blocks: int = 0
+    last_share_at: float | None = None
+    meter: HashrateMeter = field(default_factory=HashrateMeter)
+
+    def rate(self, now: float) -> float:
+        return self.meter.rate(now)
+
+
+class PoolStats:
+    def __init__(self) -> None:
+        self.miners: dict[MinerId, MinerStats] = {}
+        self.pool = MinerStats()
+
+    def _miner(self, miner: MinerId) -> MinerStats:
+        stats = self.miners.get(miner)
+        if stats is None:
+            stats = self.miners[miner] = MinerStats()
+        return stats
+
+    def accepted(self, miner: MinerId, share_weight: float, now: float) -> None:
+        work = work_of(share_weight)
+        for stats in (self._miner(miner), self.pool):
+            stats.accepted += 1
+            stats.last_share_at = now
+            stats.meter.add(now, work)
+
+    def rejected(self, miner: MinerId, reason: str) -> None:
+        self._miner(miner).rejected[reason] += 1
+        self.pool.rejected[reason] += 1
+
+    def block(self, miner: MinerId) -> None:
+        self._miner(miner).blocks += 1
+        self.pool.blocks += 1
+
+    def forget(self, miner: MinerId) -> None:
+        self.miners.pop(miner, None)

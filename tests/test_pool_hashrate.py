@@ -1,0 +1,53 @@
+"""Hashrate from accepted work over a sliding window."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from miningproxy.pool.hashrate import HashrateMeter
+
+
+def test_steady_rate_is_measured():
+    meter = HashrateMeter(window=600, bucket=10)
+    # A rig finding one weight-20 share every 2 s does 2**20 / 2 hashes per second.
+    for i in range(1000):
+        meter.add(i * 2.0, 2.0**20)
+    assert meter.rate(2000.0) == pytest.approx(2.0**19, rel=0.03)
+
+
+def test_idle_rig_decays_to_zero():
+    meter = HashrateMeter(window=60, bucket=5)
+    for i in range(60):
+        meter.add(float(i), 1000.0)
+    busy = meter.rate(60.0)
+    assert busy == pytest.approx(1000.0)
+    later = meter.rate(60.0 + 30)
+    assert 0 < later < busy
+    assert meter.rate(60.0 + 130) == 0.0
+
+
+def test_one_early_share_does_not_read_as_a_huge_rate():
+    meter = HashrateMeter(window=600, bucket=10)
+    meter.add(100.0, 1e6)
+    assert meter.rate(100.001) <= 1e6 / 10
+
+
+def test_bad_shape_rejected():
+    with pytest.raises(ValueError):
+        HashrateMeter(window=5, bucket=10)
+
+
+@given(st.lists(st.tuples(st.floats(0, 5), st.floats(0, 1e12)), max_size=200))
+def test_rate_is_never_negative_and_bounded_by_total_work(steps):
+    meter = HashrateMeter(window=100, bucket=5)
+    now = 0.0
+    total = 0.0
+    for dt, work in steps:
+        now += dt
+        meter.add(now, work)
+        total += work
+        rate = meter.rate(now)
+        assert rate >= 0
+        assert rate <= total / 5 + 1e-6

@@ -1,0 +1,128 @@
+"""The pool service: template changes become work signals; blocks go upstream at once."""
+
+from __future__ import annotations
+
+import itertools
+from types import SimpleNamespace
+
+import trio
+
+from hashing.header import HeaderHasher
+from hashing.pow import weight_to_target
+from miningproxy.hathor.block import parse_block
+from miningproxy.hathor.template import BlockTemplate
+from miningproxy.latest import LatestValue
+from miningproxy.metrics import Metrics
+from miningproxy.pool.service import PoolService
+from miningproxy.pool.stats import MinerId
+from tests.hathor_vectors import PRIVATENET_ADDRESS, PRIVATENET_SCRIPT, template_dicts
+
+TEMPLATES = [BlockTemplate.from_json(t) for t in template_dicts()]
+OTHER_TIP = next(t for t in TEMPLATES if t.parents[0] != TEMPLATES[0].parents[0])
+RIG = MinerId(PRIVATENET_ADDRESS, "rig1")
+
+
+class FakeUpstream:
+    def __init__(self, *, status="accepted", delay=0.0):
+        self.templates = LatestValue()
+        self.submitted: list[tuple[bytes, bytes]] = []
+        self.status = status
+        self.delay = delay
+
+    def push(self, template, node="node-a"):
+        self.templates.publish(SimpleNamespace(node=node, templates=[template], received_at=trio.current_time()))
+
+    async def submit(self, struct, *, block_hash):
+        self.submitted.append((struct, block_hash))
+        await trio.sleep(self.delay)
+        return SimpleNamespace(status=self.status, reason="" if self.status == "accepted" else "nope", node="node-a")
+
+
+def make_pool(upstream, **kw):
+    return PoolService(upstream=upstream, address=PRIVATENET_ADDRESS, tag="t", job_refresh=kw.pop("job_refresh", 10.0),
+                       metrics=Metrics(), wallclock=lambda: 1795814406, **kw)
+
+
+def winning_nonce(job, weight):
+    hasher, target = HeaderHasher(job.header), weight_to_target(weight)
+    return next(n for n in itertools.count() if int.from_bytes(hasher.hash_nonce(n), "big") < target)
+
+
+async def test_new_tip_is_clean_work_and_refresh_is_not(autojump_clock):
+    upstream = FakeUpstream()
+    pool = make_pool(upstream, job_refresh=5.0)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        signals = []
+
+        async def watch():
+            async for signal in pool.work.subscribe():
+                signals.append(signal)
+
+        nursery.start_soon(watch)
+        upstream.push(TEMPLATES[0])
+        await trio.sleep(1)
+        assert [s.clean for s in signals] == [True]
+        await trio.sleep(5)  # job_refresh: a new, non-clean signal for the same template
+        assert [s.clean for s in signals] == [True, False]
+        assert signals[1].generation is signals[0].generation
+        upstream.push(OTHER_TIP)
+        await trio.sleep(0.1)
+        assert signals[-1].clean and signals[-1].generation.tip == OTHER_TIP.parents[0]
+        nursery.cancel_scope.cancel()
+
+
+async def test_block_share_is_submitted_and_counted(autojump_clock):
+    upstream = FakeUpstream()
+    pool = make_pool(upstream)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        upstream.push(TEMPLATES[0])
+        await trio.sleep(0.1)
+        job = pool.new_job(share_weight=1.0, clean=True)
+        nonce = winning_nonce(job, job.block_weight)
+        result = pool.submit_share(RIG, job, nonce)
+        assert result.accepted and result.is_block
+        await trio.sleep(0.1)
+        struct, block_hash = upstream.submitted[0]
+        assert struct == job.assembled.struct(nonce)
+        assert parse_block(struct).outputs[0].script == PRIVATENET_SCRIPT
+        assert block_hash == result.hash
+        assert [b.status for b in pool.blocks] == ["accepted"]
+        assert pool.stats.pool.blocks == 1 and pool.stats.miners[RIG].blocks == 1
+        text = pool.metrics.render().decode()
+        assert 'miningproxy_blocks_total{result="accepted"} 1.0' in text
+        assert 'miningproxy_blocks_total{result="found"} 1.0' in text
+        nursery.cancel_scope.cancel()
+
+
+async def test_rejected_shares_are_counted_by_reason(autojump_clock):
+    upstream = FakeUpstream()
+    pool = make_pool(upstream)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        upstream.push(TEMPLATES[0])
+        await trio.sleep(0.1)
+        job = pool.new_job(share_weight=1.0, clean=True)
+        upstream.push(OTHER_TIP)
+        await trio.sleep(0.1)
+        assert pool.submit_share(RIG, job, 0).reason == "stale"
+        assert pool.stats.miners[RIG].rejected["stale"] == 1
+        assert 'miningproxy_shares_total{reason="stale",result="rejected"} 1.0' in pool.metrics.render().decode()
+        nursery.cancel_scope.cancel()
+
+
+async def test_drain_waits_for_in_flight_submissions(autojump_clock):
+    upstream = FakeUpstream(delay=2.0)
+    pool = make_pool(upstream)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        upstream.push(TEMPLATES[0])
+        await trio.sleep(0.1)
+        job = pool.new_job(share_weight=1.0, clean=True)
+        pool.submit_share(RIG, job, winning_nonce(job, job.block_weight))
+        start = trio.current_time()
+        await pool.drain(10.0)
+        assert 1.9 <= trio.current_time() - start < 3
+        assert pool.blocks[0].status == "accepted"
+        nursery.cancel_scope.cancel()

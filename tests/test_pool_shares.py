@@ -1,0 +1,141 @@
+"""Jobs and share checking: what a rig's share earns, judged exactly as the node would."""
+
+from __future__ import annotations
+
+import hashlib
+import itertools
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from hashing.pow import weight_to_target
+from miningproxy.hathor.block import parse_block
+from miningproxy.hathor.template import BlockTemplate
+from miningproxy.pool.jobs import Generation, JobFactory
+from miningproxy.pool.shares import MAX_NONCE, check_share
+from tests.hathor_vectors import PRIVATENET_SCRIPT, template_dicts
+
+TEMPLATES = [BlockTemplate.from_json(t) for t in template_dicts()]
+NOW = 1795814406  # the node's timestamp_now in the transcript
+
+
+def sha256d_hash(struct_header: bytes, nonce: int) -> bytes:
+    inner = hashlib.sha256(struct_header + nonce.to_bytes(16, "big")).digest()
+    return hashlib.sha256(inner).digest()[::-1]
+
+
+def factory(template=TEMPLATES[0], *, now=NOW, seq=1):
+    jobs = JobFactory("pooltag", wallclock=lambda: now)
+    jobs.set_generation(Generation(seq, template, "node-a", 0.0))
+    return jobs
+
+
+def find_nonce(job, weight, *, start=0, want_below_block=None):
+    target = weight_to_target(weight)
+    for nonce in itertools.count(start):
+        value = int.from_bytes(sha256d_hash(job.header, nonce), "big")
+        if value < target and (want_below_block is None or (value < weight_to_target(job.block_weight)) == want_below_block):
+            return nonce
+    raise AssertionError
+
+
+def test_every_job_has_a_unique_header_and_id():
+    jobs = factory()
+    made = [jobs.new_job(PRIVATENET_SCRIPT, 4.0, now=0.0, clean=True) for _ in range(200)]
+    assert len({j.header for j in made}) == 200
+    assert len({j.job_id for j in made}) == 200
+    assert all(len(j.job_id) == 32 and int(j.job_id, 16) >= 0 for j in made)
+
+
+def test_job_block_carries_tag_job_id_and_pays_the_script():
+    jobs = factory()
+    job = jobs.new_job(PRIVATENET_SCRIPT, 4.0, now=0.0, clean=True)
+    block = parse_block(job.assembled.struct(0))
+    assert block.data == b"pooltag" + bytes.fromhex(job.job_id)
+    assert block.outputs[0].script == PRIVATENET_SCRIPT
+    assert block.outputs[0].value == TEMPLATES[0].reward
+    assert block.parents[0] == TEMPLATES[0].parents[0]
+
+
+def test_timestamp_is_the_clock_clamped_not_the_template_data():
+    template = TEMPLATES[0]
+    inside = factory(now=template.timestamp_min + 1000).new_job(PRIVATENET_SCRIPT, 4.0, now=0, clean=True)
+    assert parse_block(inside.assembled.struct(0)).timestamp == template.timestamp_min + 1000
+    late = factory(now=template.timestamp_max + 10_000).new_job(PRIVATENET_SCRIPT, 4.0, now=0, clean=True)
+    assert parse_block(late.assembled.struct(0)).timestamp == template.timestamp_max
+    early = factory(now=0).new_job(PRIVATENET_SCRIPT, 4.0, now=0, clean=True)
+    assert parse_block(early.assembled.struct(0)).timestamp == template.timestamp_min
+
+
+def test_share_weight_never_exceeds_block_weight():
+    job = factory().new_job(PRIVATENET_SCRIPT, 50.0, now=0.0, clean=True)
+    assert job.share_weight == TEMPLATES[0].weight
+    assert factory().new_job(PRIVATENET_SCRIPT, 0.0, now=0.0, clean=True).share_weight == TEMPLATES[0].weight
+
+
+def test_valid_share_accepted_and_duplicate_refused():
+    jobs = factory()
+    job = jobs.new_job(PRIVATENET_SCRIPT, 3.0, now=0.0, clean=True)
+    nonce = find_nonce(job, 3.0, want_below_block=False)
+    result = check_share(job, nonce, jobs.generation.tip)
+    assert result.accepted and result.reason == "ok"
+    assert result.hash == sha256d_hash(job.header, nonce)
+    assert not result.is_block
+    again = check_share(job, nonce, jobs.generation.tip)
+    assert (again.accepted, again.reason) == (False, "duplicate")
+
+
+def test_block_detected_only_when_hash_meets_block_weight():
+    jobs = factory()
+    job = jobs.new_job(PRIVATENET_SCRIPT, 2.0, now=0.0, clean=True)
+    nonce = find_nonce(job, job.block_weight)
+    result = check_share(job, nonce, jobs.generation.tip)
+    assert result.accepted and result.is_block
+    block = parse_block(job.assembled.struct(nonce))
+    assert block.hash() == result.hash
+    assert int.from_bytes(result.hash, "big") < weight_to_target(block.weight)
+
+
+def test_invalid_solution_reports_hash():
+    jobs = factory()
+    job = jobs.new_job(PRIVATENET_SCRIPT, 12.0, now=0.0, clean=True)
+    nonce = next(n for n in itertools.count() if int.from_bytes(sha256d_hash(job.header, n), "big") >= weight_to_target(8.0))
+    result = check_share(job, nonce, jobs.generation.tip)
+    assert (result.accepted, result.reason) == (False, "invalid-solution")
+    assert result.hash == sha256d_hash(job.header, nonce)
+
+
+def test_share_for_an_old_tip_is_stale():
+    jobs = factory()
+    job = jobs.new_job(PRIVATENET_SCRIPT, 1.0, now=0.0, clean=True)
+    nonce = find_nonce(job, 1.0)
+    other_tip = next(t for t in TEMPLATES if t.parents[0] != TEMPLATES[0].parents[0])
+    jobs.set_generation(Generation(2, other_tip, "node-a", 1.0))
+    assert check_share(job, nonce, jobs.generation.tip).reason == "stale"
+
+
+def test_job_keeps_the_weight_it_was_sent_with():
+    jobs = factory()
+    easy = jobs.new_job(PRIVATENET_SCRIPT, 1.0, now=0.0, clean=True)
+    jobs.new_job(PRIVATENET_SCRIPT, 7.0, now=1.0, clean=False)  # a retarget for later jobs
+    nonce = next(n for n in itertools.count()
+                 if weight_to_target(7.0) <= int.from_bytes(sha256d_hash(easy.header, n), "big") < weight_to_target(1.0))
+    assert check_share(easy, nonce, jobs.generation.tip).accepted
+
+
+@given(st.integers())
+def test_any_integer_nonce_gets_a_verdict(nonce):
+    jobs = factory()
+    job = jobs.new_job(PRIVATENET_SCRIPT, 8.0, now=0.0, clean=True)
+    result = check_share(job, nonce, jobs.generation.tip)
+    if not 0 <= nonce <= MAX_NONCE:
+        assert result.reason == "bad-nonce"
+    else:
+        expected = int.from_bytes(sha256d_hash(job.header, nonce), "big") < weight_to_target(8.0)
+        assert result.accepted == expected
+
+
+def test_no_template_yet():
+    with pytest.raises(LookupError):
+        JobFactory("t").new_job(PRIVATENET_SCRIPT, 1.0, now=0.0, clean=True)
