@@ -70,12 +70,14 @@ class FoundBlock:
         }
 
 
-def pick_template(templates: list[BlockTemplate]) -> BlockTemplate:
-    """The node may offer several templates; a plain block (version 0) is what the pool mines."""
+def pick_template(templates: list[BlockTemplate]) -> BlockTemplate | None:
+    """The node may offer several templates; a plain block (version 0) is what the pool mines.
+    A template that only allows merge-mined blocks (version 3) needs an aux-pow the pool does not
+    make, so it is not mined at all."""
     for template in templates:
         if 0 in template.versions:
             return template
-    return templates[0]
+    return None
 
 
 class PoolService:
@@ -136,6 +138,10 @@ class PoolService:
             self.metrics.templates.inc()
             self.template_received_at = trio.current_time()
             template = pick_template(update.templates)
+            if template is None:
+                log.error("templates from %s allow no plain block (versions %s): not mining them",
+                          update.node, [t.versions for t in update.templates])
+                continue
             previous = self.jobs.generation
             if previous is not None and previous.template == template and previous.node == update.node:
                 continue
