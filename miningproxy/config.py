@@ -76,7 +76,7 @@ class DevNodeConfig:
     network: str = "privatenet"
     block_weight: float = 20.0
     min_weight: float = 1.0
-    weight_decay: float = 0.0
+    weight_decay_seconds: float = 0.0
     optimistic: str = "broken"
 
 
@@ -232,7 +232,7 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable]]] = {
             "network": _string,
             "block_weight": _number(0, 256, lo_open=True),
             "min_weight": _number(0, 256, lo_open=True),
-            "weight_decay": _number(0, 256),
+            "weight_decay_seconds": _number(0, 86400),
             "optimistic": _choice("works", "broken"),
         },
     ),
