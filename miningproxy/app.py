@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import trio
+from prometheus_client.core import CounterMetricFamily
 
 from miningproxy.api.http import HttpRequest, HttpResponse, Router, serve_http
 from miningproxy.config import Config
@@ -43,8 +44,8 @@ class App:
 
     def health(self) -> tuple[bool, dict[str, Any]]:
         status = self.upstream.status()
-        node = status.get("connected")
-        age = self.pool.template_age()
+        node = status.connected
+        age = status.template_age
         body: dict[str, Any] = {"upstream": node, "template_age": age}
         if not node:
             return False, {**body, "status": "unhealthy", "reason": "no upstream node connected"}
@@ -59,19 +60,34 @@ class App:
 
     def live_gauges(self):
         status = self.upstream.status()
-        connected = status.get("connected")
+        connected = status.connected
         yield gauge("miningproxy_upstream_connected", "1 when a node is connected", 1.0 if connected else 0.0)
-        nodes = gauge("miningproxy_upstream_node_up", "1 for the node in use, 0 for the others", labels={"node": ""})
-        for node in self.config.upstream.nodes:
-            nodes.add_metric([node], 1.0 if node == connected else 0.0)
-        yield nodes
+        in_use = gauge("miningproxy_upstream_node_in_use", "1 for the node serving templates, 0 for the others",
+                       labels={"node": ""})
+        states = gauge("miningproxy_upstream_node_state", "1 for each node's current connection state",
+                       labels={"node": "", "state": ""})
+        failures = gauge("miningproxy_upstream_node_consecutive_failures", "Failed connection attempts in a row",
+                         labels={"node": ""})
+        for node in status.nodes:
+            in_use.add_metric([node.url], 1.0 if node.url == connected else 0.0)
+            states.add_metric([node.url, node.state], 1.0)
+            failures.add_metric([node.url], node.consecutive_failures)
+        yield in_use
+        yield states
+        yield failures
+        yield gauge("miningproxy_upstream_queued_blocks", "Found blocks waiting for an upstream", status.queued_blocks)
+        events = CounterMetricFamily("miningproxy_upstream_events", "Upstream client events since start "
+                                     "(reconnects, failovers, fail-backs, blocks queued or stale...)", labels=["event"])
+        for name, value in sorted(status.counters.items()):
+            events.add_metric([name], value)
+        yield events
         generation = self.pool.generation
         if generation is not None:
             yield gauge("miningproxy_template_height", "Height of the block being mined", generation.template.height)
             yield gauge("miningproxy_template_weight", "Block weight of the current template", generation.template.weight)
-        age = self.pool.template_age()
-        if age is not None:
-            yield gauge("miningproxy_template_age_seconds", "Seconds since the last template update", age)
+        if status.template_age is not None:
+            yield gauge("miningproxy_template_age_seconds", "Seconds since the last template from the upstream",
+                        status.template_age)
         now = trio.current_time()
         yield gauge("miningproxy_pool_hashrate_hashes_per_second", "Pool hashrate from accepted shares",
                     self.pool.stats.pool.rate(now))

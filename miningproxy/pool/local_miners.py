@@ -13,7 +13,7 @@ from collections import OrderedDict
 
 import trio
 
-from hashing.workers import Found, HashCount, WorkerPool
+from hashing.workers import Found, HashCount, WorkerExited, WorkerPool
 from miningproxy.pool.jobs import Job
 from miningproxy.pool.service import PoolService
 from miningproxy.pool.stats import MinerId
@@ -43,7 +43,9 @@ class LocalMiners:
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         workers = WorkerPool(self.count)
         try:
-            await trio.to_thread.run_sync(workers.start)
+            # Started from this (main) thread on purpose: the kernel's kill-on-parent-death is
+            # tied to the starting thread, and trio's worker threads come and go.
+            workers.start()
             log.info("%d local hashing workers started", self.count)
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._feed_jobs, workers)
@@ -66,7 +68,10 @@ class LocalMiners:
     async def _read_results(self, workers: WorkerPool) -> None:
         fd = workers.results_fileno()
         while True:
-            await trio.lowlevel.wait_readable(fd)
+            # Poll at least once a second even when nothing arrives: a crashed worker writes
+            # nothing, and is only noticed (and restarted) by poll_events().
+            with trio.move_on_after(1.0):
+                await trio.lowlevel.wait_readable(fd)
             for event in workers.poll_events():
                 if isinstance(event, Found):
                     self._found(event)
@@ -74,6 +79,9 @@ class LocalMiners:
                     rate = event.hashes / event.seconds
                     old = self._rates.get(event.worker)
                     self._rates[event.worker] = rate if old is None else old + RATE_SMOOTHING * (rate - old)
+                elif isinstance(event, WorkerExited):
+                    log.warning("local worker %d (pid %d) exited with %s; restarting it",
+                                event.worker, event.pid, event.returncode)
 
     def _found(self, event: Found) -> None:
         job = self._jobs.get(event.job_id)
