@@ -52,8 +52,11 @@ class App:
         if age is None:
             return False, {**body, "status": "unhealthy", "reason": "no block template received yet"}
         if age > self.config.upstream.template_timeout:
-            return False, {**body, "status": "unhealthy",
-                           "reason": f"template is {age:.0f}s old (limit {self.config.upstream.template_timeout:.0f}s)"}
+            return False, {
+                **body,
+                "status": "unhealthy",
+                "reason": f"template is {age:.0f}s old (limit {self.config.upstream.template_timeout:.0f}s)",
+            }
         generation = self.pool.generation
         body["template_height"] = generation.template.height if generation else None
         return True, {**body, "status": "ok"}
@@ -62,12 +65,21 @@ class App:
         status = self.upstream.status()
         connected = status.connected
         yield gauge("miningproxy_upstream_connected", "1 when a node is connected", 1.0 if connected else 0.0)
-        in_use = gauge("miningproxy_upstream_node_in_use", "1 for the node serving templates, 0 for the others",
-                       labels={"node": ""})
-        states = gauge("miningproxy_upstream_node_state", "1 for each node's current connection state",
-                       labels={"node": "", "state": ""})
-        failures = gauge("miningproxy_upstream_node_consecutive_failures", "Failed connection attempts in a row",
-                         labels={"node": ""})
+        in_use = gauge(
+            "miningproxy_upstream_node_in_use",
+            "1 for the node serving templates, 0 for the others",
+            labels={"node": ""},
+        )
+        states = gauge(
+            "miningproxy_upstream_node_state",
+            "1 for each node's current connection state",
+            labels={"node": "", "state": ""},
+        )
+        failures = gauge(
+            "miningproxy_upstream_node_consecutive_failures",
+            "Failed connection attempts in a row",
+            labels={"node": ""},
+        )
         for node in status.nodes:
             in_use.add_metric([node.url], 1.0 if node.url == connected else 0.0)
             states.add_metric([node.url, node.state], 1.0)
@@ -75,25 +87,46 @@ class App:
         yield in_use
         yield states
         yield failures
-        yield gauge("miningproxy_upstream_queued_blocks", "Found blocks waiting for an upstream", status.queued_blocks)
-        events = CounterMetricFamily("miningproxy_upstream_events", "Upstream client events since start "
-                                     "(reconnects, failovers, fail-backs, blocks queued or stale...)", labels=["event"])
+        yield gauge(
+            "miningproxy_upstream_queued_blocks", "Found blocks waiting for an upstream", status.queued_blocks
+        )
+        events = CounterMetricFamily(
+            "miningproxy_upstream_events",
+            "Upstream client events since start "
+            "(reconnects, failovers, fail-backs, blocks queued or stale...)",
+            labels=["event"],
+        )
         for name, value in sorted(status.counters.items()):
             events.add_metric([name], value)
         yield events
         generation = self.pool.generation
         if generation is not None:
-            yield gauge("miningproxy_template_height", "Height of the block being mined", generation.template.height)
-            yield gauge("miningproxy_template_weight", "Block weight of the current template", generation.template.weight)
+            yield gauge(
+                "miningproxy_template_height", "Height of the block being mined", generation.template.height
+            )
+            yield gauge(
+                "miningproxy_template_weight",
+                "Block weight of the current template",
+                generation.template.weight,
+            )
         if status.template_age is not None:
-            yield gauge("miningproxy_template_age_seconds", "Seconds since the last template from the upstream",
-                        status.template_age)
+            yield gauge(
+                "miningproxy_template_age_seconds",
+                "Seconds since the last template from the upstream",
+                status.template_age,
+            )
         now = trio.current_time()
-        yield gauge("miningproxy_pool_hashrate_hashes_per_second", "Pool hashrate from accepted shares",
-                    self.pool.stats.pool.rate(now))
+        yield gauge(
+            "miningproxy_pool_hashrate_hashes_per_second",
+            "Pool hashrate from accepted shares",
+            self.pool.stats.pool.rate(now),
+        )
         if self.local is not None:
-            rates = gauge("miningproxy_local_worker_hashrate_hashes_per_second",
-                          "Hashes per second of each local worker", labels={"worker": ""})
+            rates = gauge(
+                "miningproxy_local_worker_hashrate_hashes_per_second",
+                "Hashes per second of each local worker",
+                labels={"worker": ""},
+            )
             for worker, rate in self.local.hashrates().items():
                 rates.add_metric([worker], rate)
             yield rates
@@ -158,7 +191,9 @@ async def run_app(config: Config, *, task_status: trio.TaskStatus[App] = trio.TA
                 async with trio.open_nursery() as inner:
                     if app.local is not None:
                         await inner.start(app.local.run)
-                    listeners = await inner.start(serve_http, app.router, config.http.listen.host, config.http.listen.port)
+                    listeners = await inner.start(
+                        serve_http, app.router, config.http.listen.host, config.http.listen.port
+                    )
                     app.http_port = listeners[0].socket.getsockname()[1]
                     task_status.started()
 

@@ -42,7 +42,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     bench = commands.add_parser("hash-bench", help="measure local hashing speed against a naive baseline")
     bench.add_argument("--seconds", type=_positive_float, default=5.0, help="seconds per measurement")
-    bench.add_argument("--workers", type=_positive_int, default=None, help="worker processes (default: cores)")
+    bench.add_argument(
+        "--workers", type=_positive_int, default=None, help="worker processes (default: cores)"
+    )
     bench.add_argument("--json", action="store_true", help="print one JSON object")
 
     devnode = commands.add_parser("devnode", help="run the embedded Hathor-compatible dev node alone")

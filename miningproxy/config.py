@@ -177,7 +177,9 @@ def _nodes(key: str, raw: Any) -> tuple[str, ...]:
     if isinstance(raw, str):
         raw = [raw]
     if not isinstance(raw, list) or not raw:
-        raise ConfigError(key, "expected a list of node base URLs in priority order, e.g. [\"http://127.0.0.1:8080/v1a/\"]")
+        raise ConfigError(
+            key, 'expected a list of node base URLs in priority order, e.g. ["http://127.0.0.1:8080/v1a/"]'
+        )
     return tuple(_node_url(f"{key}[{i}]", item) for i, item in enumerate(raw))
 
 
@@ -188,14 +190,18 @@ def _address(key: str, raw: Any) -> str:
     try:
         decode_address(text)
     except AddressError as exc:
-        raise ConfigError(key, f"{exc} (give a base58 Hathor address, e.g. H... on mainnet, W... on testnet)") from None
+        raise ConfigError(
+            key, f"{exc} (give a base58 Hathor address, e.g. H... on mainnet, W... on testnet)"
+        ) from None
     return text
 
 
 def _pool_tag(key: str, raw: Any) -> str:
     text = _string(key, raw)
     if len(text.encode()) > 60:
-        raise ConfigError(key, "must be at most 60 bytes: it is written into every block's data with a job id")
+        raise ConfigError(
+            key, "must be at most 60 bytes: it is written into every block's data with a job id"
+        )
     return text
 
 

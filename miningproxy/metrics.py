@@ -27,9 +27,7 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.blocks = Counter(
-            "miningproxy_blocks", "Blocks by what happened to them", ["result"], registry=r
-        )
+        self.blocks = Counter("miningproxy_blocks", "Blocks by what happened to them", ["result"], registry=r)
         for result in BLOCK_RESULTS:
             self.blocks.labels(result)
         self.shares = Counter(
@@ -37,7 +35,9 @@ class Metrics:
         )
         self.shares.labels("accepted", "ok")
         self.jobs_sent = Counter("miningproxy_jobs_sent", "Jobs handed to rigs and local workers", registry=r)
-        self.templates = Counter("miningproxy_templates_received", "Template updates from the upstream", registry=r)
+        self.templates = Counter(
+            "miningproxy_templates_received", "Template updates from the upstream", registry=r
+        )
         self.block_submit_latency = Histogram(
             "miningproxy_block_submit_latency_seconds",
             "From the winning share's arrival to mining.submit written upstream",
@@ -76,7 +76,9 @@ class _LiveCollector(Collector):
         return []
 
 
-def gauge(name: str, doc: str, value: float | None = None, labels: dict[str, Any] | None = None) -> GaugeMetricFamily:
+def gauge(
+    name: str, doc: str, value: float | None = None, labels: dict[str, Any] | None = None
+) -> GaugeMetricFamily:
     """A one-sample gauge family, or an empty one to fill with ``add_metric``."""
     if labels:
         family = GaugeMetricFamily(name, doc, labels=list(labels))

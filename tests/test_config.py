@@ -99,12 +99,22 @@ def test_unreadable_and_invalid_toml(tmp_path):
 
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(), st.floats(), st.text(max_size=20))
-values = st.recursive(scalars, lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3), max_leaves=8)
+values = st.recursive(
+    scalars,
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=8), inner, max_size=3),
+    max_leaves=8,
+)
 
 
-@given(st.dictionaries(st.sampled_from(["upstream", "pool", "http", "workers", "devnode", "junk"]),
-                       st.dictionaries(st.sampled_from(["nodes", "address", "listen", "count", "enabled", "x"]), values, max_size=4),
-                       max_size=4))
+@given(
+    st.dictionaries(
+        st.sampled_from(["upstream", "pool", "http", "workers", "devnode", "junk"]),
+        st.dictionaries(
+            st.sampled_from(["nodes", "address", "listen", "count", "enabled", "x"]), values, max_size=4
+        ),
+        max_size=4,
+    )
+)
 def test_fuzzed_configs_only_raise_config_error(data):
     try:
         config_from_dict(data)
@@ -115,16 +125,23 @@ def test_fuzzed_configs_only_raise_config_error(data):
 
 def test_cli_bad_config_exits_2_naming_the_key(tmp_path):
     path = tmp_path / "c.toml"
-    path.write_text('[upstream]\nnodes = ["http://127.0.0.1:1/v1a/"]\noptimistic = "sometimes"\n'
-                    f'[pool]\naddress = "{ADDRESS}"\n')
-    proc = subprocess.run([sys.executable, "-m", "miningproxy.cli", "run", "--config", str(path)],
-                          capture_output=True, text=True, timeout=60)
+    path.write_text(
+        '[upstream]\nnodes = ["http://127.0.0.1:1/v1a/"]\noptimistic = "sometimes"\n'
+        f'[pool]\naddress = "{ADDRESS}"\n'
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "miningproxy.cli", "run", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2
     assert "upstream.optimistic" in proc.stderr
 
 
 def test_cli_version():
-    proc = subprocess.run([sys.executable, "-m", "miningproxy.cli", "--version"],
-                          capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [sys.executable, "-m", "miningproxy.cli", "--version"], capture_output=True, text=True, timeout=60
+    )
     assert proc.returncode == 0
     assert proc.stdout.startswith("miningproxy ")

@@ -51,12 +51,14 @@ async def test_proxy_mines_blocks_accepted_by_the_dev_node():
     node = DevNode(DevNodeSettings(block_weight=14.0, min_block_weight=10.0, weight_decay_seconds=2.0))
     async with trio.open_nursery() as nursery:
         node_port = await nursery.start(node.serve, "127.0.0.1", 0)
-        config = config_from_dict({
-            "upstream": {"nodes": [f"http://127.0.0.1:{node_port}/v1a/"], "backoff_initial": 0.1},
-            "pool": {"address": PRIVATENET_ADDRESS, "tag": "e2e"},
-            "http": {"listen": "127.0.0.1:0"},
-            "workers": {"count": 1, "share_weight": 8.0},
-        })
+        config = config_from_dict(
+            {
+                "upstream": {"nodes": [f"http://127.0.0.1:{node_port}/v1a/"], "backoff_initial": 0.1},
+                "pool": {"address": PRIVATENET_ADDRESS, "tag": "e2e"},
+                "http": {"listen": "127.0.0.1:0"},
+                "workers": {"count": 1, "share_weight": 8.0},
+            }
+        )
         app = await nursery.start(run_app, config)
         text = ""
         with trio.fail_after(90):
@@ -81,11 +83,13 @@ async def test_proxy_mines_blocks_accepted_by_the_dev_node():
 
 
 async def test_health_is_503_with_a_reason_while_no_upstream():
-    config = config_from_dict({
-        "upstream": {"nodes": ["http://127.0.0.1:9/v1a/"], "backoff_initial": 0.1},
-        "pool": {"address": PRIVATENET_ADDRESS},
-        "http": {"listen": "127.0.0.1:0"},
-    })
+    config = config_from_dict(
+        {
+            "upstream": {"nodes": ["http://127.0.0.1:9/v1a/"], "backoff_initial": 0.1},
+            "pool": {"address": PRIVATENET_ADDRESS},
+            "http": {"listen": "127.0.0.1:0"},
+        }
+    )
     async with trio.open_nursery() as nursery:
         app = await nursery.start(run_app, config)
         status, body = await http_get(app.http_port, "/health")
@@ -117,13 +121,20 @@ def children_of(pid: int) -> set[int]:
 def test_miningproxy_run_mines_then_stops_cleanly_on_sigterm(tmp_path):
     node_port, http_port = free_port(), free_port()
     config = tmp_path / "devnet.toml"
-    config.write_text((ROOT / "configs" / "devnet.toml").read_text()
-                      .replace("127.0.0.1:8090", f"127.0.0.1:{node_port}")
-                      .replace("127.0.0.1:8080", f"127.0.0.1:{http_port}")
-                      .replace("block_weight = 21.0", "block_weight = 14.0")
-                      .replace("min_weight = 18.0", "min_weight = 10.0"))
-    proc = subprocess.Popen([sys.executable, "-m", "miningproxy.cli", "run", "--config", str(config)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    config.write_text(
+        (ROOT / "configs" / "devnet.toml")
+        .read_text()
+        .replace("127.0.0.1:8090", f"127.0.0.1:{node_port}")
+        .replace("127.0.0.1:8080", f"127.0.0.1:{http_port}")
+        .replace("block_weight = 21.0", "block_weight = 14.0")
+        .replace("min_weight = 18.0", "min_weight = 10.0")
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "miningproxy.cli", "run", "--config", str(config)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     lines: list[str] = []
     try:
         deadline = time.monotonic() + 90
@@ -143,8 +154,67 @@ def test_miningproxy_run_mines_then_stops_cleanly_on_sigterm(tmp_path):
         assert proc.returncode == 0, rest
         assert "stopped" in rest
         for pid in workers:
-            assert not Path(f"/proc/{pid}").exists() or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+            assert (
+                not Path(f"/proc/{pid}").exists()
+                or "Z" in Path(f"/proc/{pid}/stat").read_text().split(")")[1][:3]
+            )
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+async def test_dev_node_killed_and_restarted_loses_no_found_block_silently():
+    node = DevNode(DevNodeSettings(block_weight=16.0, min_block_weight=10.0))
+    async with trio.open_nursery() as nursery:
+        node_scope = trio.CancelScope()
+
+        async def serve_node(port, task_status=trio.TASK_STATUS_IGNORED):
+            with node_scope:
+                await node.serve("127.0.0.1", port, task_status=task_status)
+
+        port = await nursery.start(serve_node, 0)
+        config = config_from_dict(
+            {
+                "upstream": {
+                    "nodes": [f"http://127.0.0.1:{port}/v1a/"],
+                    "backoff_initial": 0.1,
+                    "backoff_max": 0.5,
+                },
+                "pool": {"address": PRIVATENET_ADDRESS, "tag": "kill"},
+                "http": {"listen": "127.0.0.1:0"},
+                "workers": {"count": 1, "share_weight": 10.0},
+            }
+        )
+        app = await nursery.start(run_app, config)
+
+        async def wait_accepted(n):
+            with trio.fail_after(90):
+                while sum(b.status == "accepted" for b in app.pool.blocks) < n:
+                    await trio.sleep(0.1)
+
+        await wait_accepted(1)
+        node_scope.cancel()  # the node dies; local workers keep finding blocks on the old tip
+        with trio.fail_after(90):
+            while app.upstream.status().connected or len(app.pool.blocks) < 3:
+                await trio.sleep(0.1)
+        found_while_down = len(app.pool.blocks)
+        node_scope = trio.CancelScope()
+        await nursery.start(serve_node, port)  # same port, same chain
+        await wait_accepted(2)
+        # Every found block reaches a final, counted fate: none vanishes.
+        with trio.fail_after(30):
+            while any(b.status in ("found", "submitted", "pending") for b in app.pool.blocks):
+                await trio.sleep(0.1)
+        assert len(app.pool.blocks) >= found_while_down
+        _, text = await http_get(app.http_port, "/metrics")
+        found = metric(text, "miningproxy_blocks_total", result="found")
+        settled = sum(
+            metric(text, "miningproxy_blocks_total", result=r) for r in ("accepted", "rejected", "stale")
+        )
+        assert found == settled == len(app.pool.blocks)
+        assert metric(text, "miningproxy_blocks_total", result="stale") >= 1  # the others on the old tip
+        in_chain = {cb.hash for cb in node.chain.blocks}
+        for block in app.pool.blocks:
+            assert (block.status == "accepted") == (block.hash in in_chain)
+        nursery.cancel_scope.cancel()

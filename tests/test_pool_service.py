@@ -30,17 +30,28 @@ class FakeUpstream:
         self.delay = delay
 
     def push(self, template, node="node-a"):
-        self.templates.publish(SimpleNamespace(node=node, templates=[template], received_at=trio.current_time()))
+        self.templates.publish(
+            SimpleNamespace(node=node, templates=[template], received_at=trio.current_time())
+        )
 
-    async def submit(self, struct, *, block_hash):
+    async def submit(self, struct, *, block_hash, on_late_fate=None):
         self.submitted.append((struct, block_hash))
         await trio.sleep(self.delay)
-        return SimpleNamespace(status=self.status, reason="" if self.status == "accepted" else "nope", node="node-a")
+        return SimpleNamespace(
+            status=self.status, reason="" if self.status == "accepted" else "nope", node="node-a"
+        )
 
 
 def make_pool(upstream, **kw):
-    return PoolService(upstream=upstream, address=PRIVATENET_ADDRESS, tag="t", job_refresh=kw.pop("job_refresh", 10.0),
-                       metrics=Metrics(), wallclock=lambda: 1795814406, **kw)
+    return PoolService(
+        upstream=upstream,
+        address=PRIVATENET_ADDRESS,
+        tag="t",
+        job_refresh=kw.pop("job_refresh", 10.0),
+        metrics=Metrics(),
+        wallclock=lambda: 1795814406,
+        **kw,
+    )
 
 
 def winning_nonce(job, weight):
@@ -108,7 +119,9 @@ async def test_rejected_shares_are_counted_by_reason(autojump_clock):
         await trio.sleep(0.1)
         assert pool.submit_share(RIG, job, 0).reason == "stale"
         assert pool.stats.miners[RIG].rejected["stale"] == 1
-        assert 'miningproxy_shares_total{reason="stale",result="rejected"} 1.0' in pool.metrics.render().decode()
+        assert (
+            'miningproxy_shares_total{reason="stale",result="rejected"} 1.0' in pool.metrics.render().decode()
+        )
         nursery.cancel_scope.cancel()
 
 
@@ -125,4 +138,52 @@ async def test_drain_waits_for_in_flight_submissions(autojump_clock):
         await pool.drain(10.0)
         assert 1.9 <= trio.current_time() - start < 3
         assert pool.blocks[0].status == "accepted"
+        nursery.cancel_scope.cancel()
+
+
+async def test_broadcast_latency_observed_when_the_last_consumer_has_its_job(autojump_clock):
+    upstream = FakeUpstream()
+    pool = make_pool(upstream)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        pool.register_consumer()
+        pool.register_consumer()
+        upstream.push(TEMPLATES[0])
+        await trio.sleep(0.1)
+        signal = pool.work.current
+        pool.job_delivered(signal)
+        await trio.sleep(0.5)
+        assert "miningproxy_job_broadcast_latency_seconds_count 0.0" in pool.metrics.render().decode()
+        pool.unregister_consumer()  # the slow one leaves: nobody left to wait for
+        text = pool.metrics.render().decode()
+        assert "miningproxy_job_broadcast_latency_seconds_count 1.0" in text
+        assert 'miningproxy_job_broadcast_latency_seconds_bucket{le="0.5"} 0.0' in text
+        assert 'miningproxy_job_broadcast_latency_seconds_bucket{le="1.0"} 1.0' in text
+        nursery.cancel_scope.cancel()
+
+
+async def test_block_without_an_answer_in_time_is_pending_until_its_late_fate(autojump_clock):
+    class SlowUpstream(FakeUpstream):
+        async def submit(self, struct, *, block_hash, on_late_fate=None):
+            self.late = on_late_fate
+            return SimpleNamespace(
+                status="error",
+                node="node-a",
+                reason="no answer within 10s (queued: no node usable); its fate will be logged",
+            )
+
+    upstream = SlowUpstream()
+    pool = make_pool(upstream)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        upstream.push(TEMPLATES[0])
+        await trio.sleep(0.1)
+        job = pool.new_job(share_weight=1.0, clean=True)
+        pool.submit_share(RIG, job, winning_nonce(job, job.block_weight))
+        await trio.sleep(0.1)
+        assert pool.blocks[0].status == "pending"
+        assert 'miningproxy_blocks_total{result="rejected"} 0.0' in pool.metrics.render().decode()
+        upstream.late(SimpleNamespace(status="accepted", node="node-a", reason="the tip is this block"))
+        assert pool.blocks[0].status == "accepted"
+        assert 'miningproxy_blocks_total{result="accepted"} 1.0' in pool.metrics.render().decode()
         nursery.cancel_scope.cancel()

@@ -35,7 +35,9 @@ def find_nonce(job, weight, *, start=0, want_below_block=None):
     target = weight_to_target(weight)
     for nonce in itertools.count(start):
         value = int.from_bytes(sha256d_hash(job.header, nonce), "big")
-        if value < target and (want_below_block is None or (value < weight_to_target(job.block_weight)) == want_below_block):
+        if value < target and (
+            want_below_block is None or (value < weight_to_target(job.block_weight)) == want_below_block
+        ):
             return nonce
     raise AssertionError
 
@@ -100,7 +102,11 @@ def test_block_detected_only_when_hash_meets_block_weight():
 def test_invalid_solution_reports_hash():
     jobs = factory()
     job = jobs.new_job(PRIVATENET_SCRIPT, 12.0, now=0.0, clean=True)
-    nonce = next(n for n in itertools.count() if int.from_bytes(sha256d_hash(job.header, n), "big") >= weight_to_target(8.0))
+    nonce = next(
+        n
+        for n in itertools.count()
+        if int.from_bytes(sha256d_hash(job.header, n), "big") >= weight_to_target(8.0)
+    )
     result = check_share(job, nonce, jobs.generation.tip)
     assert (result.accepted, result.reason) == (False, "invalid-solution")
     assert result.hash == sha256d_hash(job.header, nonce)
@@ -119,8 +125,13 @@ def test_job_keeps_the_weight_it_was_sent_with():
     jobs = factory()
     easy = jobs.new_job(PRIVATENET_SCRIPT, 1.0, now=0.0, clean=True)
     jobs.new_job(PRIVATENET_SCRIPT, 7.0, now=1.0, clean=False)  # a retarget for later jobs
-    nonce = next(n for n in itertools.count()
-                 if weight_to_target(7.0) <= int.from_bytes(sha256d_hash(easy.header, n), "big") < weight_to_target(1.0))
+    nonce = next(
+        n
+        for n in itertools.count()
+        if weight_to_target(7.0)
+        <= int.from_bytes(sha256d_hash(easy.header, n), "big")
+        < weight_to_target(1.0)
+    )
     assert check_share(easy, nonce, jobs.generation.tip).accepted
 
 

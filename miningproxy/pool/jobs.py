@@ -72,7 +72,9 @@ class Job:
 class JobFactory:
     """Builds jobs for the current generation; caches one assembler per payout script."""
 
-    def __init__(self, tag: str, *, wallclock: Callable[[], float] = time.time, max_assemblers: int = 4096) -> None:
+    def __init__(
+        self, tag: str, *, wallclock: Callable[[], float] = time.time, max_assemblers: int = 4096
+    ) -> None:
         self._tag = tag.encode()
         self._wallclock = wallclock
         # A random per-process prefix keeps job ids (and so block data) unique across restarts

@@ -42,16 +42,21 @@ class LocalMiners:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         workers = WorkerPool(self.count)
+        registered = False
         try:
             # Started from this (main) thread on purpose: the kernel's kill-on-parent-death is
             # tied to the starting thread, and trio's worker threads come and go.
             workers.start()
             log.info("%d local hashing workers started", self.count)
+            self.pool.register_consumer()
+            registered = True
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._feed_jobs, workers)
                 nursery.start_soon(self._read_results, workers)
                 task_status.started()
         finally:
+            if registered:
+                self.pool.unregister_consumer()
             # Reap the processes even when cancelled: shielded, and bounded by the pool's own grace.
             with trio.CancelScope(shield=True):
                 await trio.to_thread.run_sync(workers.close)
@@ -64,6 +69,7 @@ class LocalMiners:
             while len(self._jobs) > JOB_HISTORY:
                 self._jobs.popitem(last=False)
             workers.set_job(job.job_id, job.header, job.share_weight)
+            self.pool.job_delivered(signal)
 
     async def _read_results(self, workers: WorkerPool) -> None:
         fd = workers.results_fileno()
@@ -80,8 +86,12 @@ class LocalMiners:
                     old = self._rates.get(event.worker)
                     self._rates[event.worker] = rate if old is None else old + RATE_SMOOTHING * (rate - old)
                 elif isinstance(event, WorkerExited):
-                    log.warning("local worker %d (pid %d) exited with %s; restarting it",
-                                event.worker, event.pid, event.returncode)
+                    log.warning(
+                        "local worker %d (pid %d) exited with %s; restarting it",
+                        event.worker,
+                        event.pid,
+                        event.returncode,
+                    )
 
     def _found(self, event: Found) -> None:
         job = self._jobs.get(event.job_id)

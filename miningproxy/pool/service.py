@@ -34,7 +34,9 @@ RECENT_BLOCKS = 200
 class Upstream(Protocol):
     templates: LatestValue[Any]
 
-    async def submit(self, struct: bytes, *, block_hash: bytes) -> Any: ...
+    async def submit(
+        self, struct: bytes, *, block_hash: bytes, on_late_fate: Callable[[Any], None] | None = None
+    ) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -45,6 +47,13 @@ class WorkSignal:
     issued_at: float  # trio time
 
 
+@dataclass
+class _Broadcast:
+    seq: int
+    started: float
+    remaining: int
+
+
 @dataclass(eq=False)
 class FoundBlock:
     hash: bytes
@@ -52,7 +61,7 @@ class FoundBlock:
     miner: MinerId
     job_id: str
     found_at: float  # wall clock
-    status: str = "found"  # found -> submitted -> accepted | rejected | stale
+    status: str = "found"  # found -> submitted (-> pending) -> accepted | rejected | stale
     reason: str = ""
     node: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
@@ -102,6 +111,8 @@ class PoolService:
         self.template_received_at: float | None = None  # trio time of the last template update
         self._wallclock = wallclock
         self._seq = 0
+        self.consumers = 0  # registered job consumers (rigs, local worker pools)
+        self._broadcast: _Broadcast | None = None
         self._nursery: trio.Nursery | None = None
         self._in_flight: set[FoundBlock] = set()
         self._drained = trio.Event()
@@ -139,8 +150,11 @@ class PoolService:
             self.template_received_at = trio.current_time()
             template = pick_template(update.templates)
             if template is None:
-                log.error("templates from %s allow no plain block (versions %s): not mining them",
-                          update.node, [t.versions for t in update.templates])
+                log.error(
+                    "templates from %s allow no plain block (versions %s): not mining them",
+                    update.node,
+                    [t.versions for t in update.templates],
+                )
                 continue
             previous = self.jobs.generation
             if previous is not None and previous.template == template and previous.node == update.node:
@@ -150,9 +164,14 @@ class PoolService:
             clean = previous is None or previous.tip != generation.tip
             self.jobs.set_generation(generation)
             if clean:
-                log.info("new tip %s at height %d (weight %.2f) from %s",
-                         generation.tip.hex()[:16], template.height, template.weight, update.node)
-            self.work.publish(WorkSignal(generation, clean, self._seq, trio.current_time()))
+                log.info(
+                    "new tip %s at height %d (weight %.2f) from %s",
+                    generation.tip.hex()[:16],
+                    template.height,
+                    template.weight,
+                    update.node,
+                )
+            self._publish(WorkSignal(generation, clean, self._seq, trio.current_time()))
 
     async def _refresh_jobs(self) -> None:
         # New jobs at least every job_refresh seconds, so block timestamps follow the clock (the
@@ -167,18 +186,53 @@ class PoolService:
                 await trio.sleep_until(due)
                 continue
             self._seq += 1
-            self.work.publish(WorkSignal(current.generation, False, self._seq, trio.current_time()))
+            self._publish(WorkSignal(current.generation, False, self._seq, trio.current_time()))
+
+    def _publish(self, signal: WorkSignal) -> None:
+        # Broadcast latency is measured for clean signals only (a new tip is when speed matters):
+        # from the template's arrival to the last registered consumer having its job.
+        if signal.clean and self.consumers:
+            self._broadcast = _Broadcast(signal.seq, signal.generation.received_at, self.consumers)
+        self.work.publish(signal)
+
+    # --- consumers -----------------------------------------------------------------------------
+
+    def register_consumer(self) -> None:
+        self.consumers += 1
+
+    def unregister_consumer(self) -> None:
+        self.consumers -= 1
+        broadcast = self._broadcast
+        if broadcast is not None:
+            broadcast.remaining -= 1  # do not wait for a consumer that is gone
+            self._maybe_finish(broadcast)
+
+    def job_delivered(self, signal: WorkSignal) -> None:
+        """A consumer has handed out (written) its job for ``signal``."""
+        broadcast = self._broadcast
+        if broadcast is not None and broadcast.seq == signal.seq:
+            broadcast.remaining -= 1
+            self._maybe_finish(broadcast)
+
+    def _maybe_finish(self, broadcast: _Broadcast) -> None:
+        if broadcast.remaining <= 0 and self._broadcast is broadcast:
+            self.metrics.job_broadcast_latency.observe(trio.current_time() - broadcast.started)
+            self._broadcast = None
 
     # --- jobs and shares -----------------------------------------------------------------------
 
-    def new_job(self, *, payout_script: bytes | None = None, share_weight: float = 0.0, clean: bool = False) -> Job:
+    def new_job(
+        self, *, payout_script: bytes | None = None, share_weight: float = 0.0, clean: bool = False
+    ) -> Job:
         job = self.jobs.new_job(
             payout_script or self.payout_script, share_weight, now=trio.current_time(), clean=clean
         )
         self.metrics.jobs_sent.inc()
         return job
 
-    def submit_share(self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None) -> ShareResult:
+    def submit_share(
+        self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None
+    ) -> ShareResult:
         arrived_at = trio.current_time() if arrived_at is None else arrived_at
         result = check_share(job, nonce, self.tip)
         if not result.accepted:
@@ -191,7 +245,9 @@ class PoolService:
             self._block_found(miner, job, nonce, result.hash or b"", arrived_at)
         return result
 
-    def _block_found(self, miner: MinerId, job: Job, nonce: int, block_hash: bytes, arrived_at: float) -> None:
+    def _block_found(
+        self, miner: MinerId, job: Job, nonce: int, block_hash: bytes, arrived_at: float
+    ) -> None:
         found = FoundBlock(block_hash, job.template.height, miner, job.job_id, self._wallclock())
         self.blocks.append(found)
         self.stats.block(miner)
@@ -210,8 +266,12 @@ class PoolService:
                 self._drained = trio.Event()
                 await self._drained.wait()
         for found in self._in_flight:
-            log.error("shutdown with block submission still pending: height=%d hash=%s (status %s)",
-                      found.height, found.hash.hex(), found.status)
+            log.error(
+                "shutdown with block submission still pending: height=%d hash=%s (status %s)",
+                found.height,
+                found.hash.hex(),
+                found.status,
+            )
 
     async def _submit_block(self, found: FoundBlock, struct: bytes, arrived_at: float) -> None:
         try:
@@ -225,12 +285,32 @@ class PoolService:
         found.status = "submitted"
         self.metrics.blocks.labels("submitted").inc()
         self.metrics.block_submit_latency.observe(trio.current_time() - arrived_at)
-        outcome = await self.upstream.submit(struct, block_hash=found.hash)
+        outcome = await self.upstream.submit(
+            struct, block_hash=found.hash, on_late_fate=lambda late: self._record_fate(found, late)
+        )
+        if outcome.status == "error" and "fate will be" in (outcome.reason or ""):
+            # No answer in time, but the block is still queued upstream: its fate comes later.
+            found.status = "pending"
+            found.reason = outcome.reason
+            log.warning(
+                "block pending: height=%d hash=%s (%s)", found.height, found.hash.hex(), outcome.reason
+            )
+            return
+        self._record_fate(found, outcome)
+
+    def _record_fate(self, found: FoundBlock, outcome: Any) -> None:
+        # "error" (e.g. dropped from a full queue) counts as rejected; the reason says why.
         status = outcome.status if outcome.status in ("accepted", "rejected", "stale") else "rejected"
         found.status = status
         found.reason = outcome.reason or ""
         found.node = outcome.node or ""
         self.metrics.blocks.labels(status).inc()
         level = logging.INFO if status == "accepted" else logging.WARNING
-        log.log(level, "block %s: height=%d hash=%s%s", status, found.height, found.hash.hex(),
-                f" ({found.reason})" if found.reason else "")
+        log.log(
+            level,
+            "block %s: height=%d hash=%s%s",
+            status,
+            found.height,
+            found.hash.hex(),
+            f" ({found.reason})" if found.reason else "",
+        )

@@ -18,7 +18,7 @@ import logging
 import math
 import random
 from collections import Counter, deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, fields
 from typing import Literal
@@ -129,7 +129,8 @@ class _Block:
     if_not_tip: tuple[SubmitStatus, str] | None = None  # verdict when the fresh tip is not this block
     node: str | None = None  # the node it was last sent to
     optimistic: bool = False  # how it was last sent
-    timed_out: bool = False  # submit() already returned "error"; the real fate is only logged
+    timed_out: bool = False  # submit() already returned "error"; the real fate goes to on_late_fate
+    on_late_fate: Callable[[SubmitOutcome], None] | None = None
 
 
 class _Conn:
@@ -263,11 +264,18 @@ class MiningUpstream:
             for blk in stopped:
                 self._resolve(blk, "error", "the upstream client stopped before the block's fate was known")
 
-    async def submit(self, struct: bytes, *, block_hash: bytes) -> SubmitOutcome:
+    async def submit(
+        self,
+        struct: bytes,
+        *,
+        block_hash: bytes,
+        on_late_fate: Callable[[SubmitOutcome], None] | None = None,
+    ) -> SubmitOutcome:
         """Submit a full block (with nonce) whose PoW the caller has checked.
 
         Returns when the node has decided, or with status "error" after ``submit_timeout``; in that
-        case the block stays queued and its final fate is counted and logged.
+        case the block stays queued, and its final fate is counted, logged and passed to
+        ``on_late_fate`` when it is known.
         """
         start = trio.current_time()
         if not isinstance(block_hash, bytes) or len(block_hash) != 32:
@@ -284,7 +292,7 @@ class MiningUpstream:
             logger.error("block %s not submitted: %s", block_hash.hex(), bad)
             return SubmitOutcome("error", None, f"not a block: {bad}", 0.0)
 
-        blk = _Block(bytes(struct), block_hash, parents[0], start)
+        blk = _Block(bytes(struct), block_hash, parents[0], start, on_late_fate=on_late_fate)
         conn = self._conn
         if conn is None or not conn.ready.is_set():
             self._counters["blocks_queued"] += 1
@@ -619,6 +627,8 @@ class MiningUpstream:
         level = logging.INFO if status == "accepted" and not blk.timed_out else logging.WARNING
         late = " (after submit() timed out)" if blk.timed_out else ""
         logger.log(level, "block %s %s%s: %s", blk.hash.hex(), status, late, reason)
+        if blk.timed_out and blk.on_late_fate is not None:
+            blk.on_late_fate(blk.outcome)
 
     # ---- fail-back --------------------------------------------------------------------------
 
