@@ -18,11 +18,14 @@ import trio
 from prometheus_client.core import CounterMetricFamily
 
 from miningproxy.api.http import HttpRequest, HttpResponse, Router, serve_http
-from miningproxy.config import Config
+from miningproxy.config import Config, ConfigError
+from miningproxy.hathor.addresses import AddressError, decode_address
+from miningproxy.hathor.networks import Network, network_for_name
 from miningproxy.metrics import CONTENT_TYPE, Metrics, gauge
 from miningproxy.pool.local_miners import LocalMiners
 from miningproxy.pool.service import PoolService
 from miningproxy.upstream.mining import MiningUpstream
+from miningproxy.upstream.node_info import NodeInfoError, fetch_network_name
 
 log = logging.getLogger("miningproxy")
 
@@ -39,6 +42,7 @@ class App:
     router: Router
     started_at: float
     http_port: int | None = None
+    network: Network | None = None  # learned from the upstream's /v1a/version
 
     # --- health and live gauges ----------------------------------------------------------------
 
@@ -183,6 +187,7 @@ async def run_app(config: Config, *, task_status: trio.TaskStatus[App] = trio.TA
         if config.devnode.enabled:
             await _start_devnode(nursery, config)
         await nursery.start(app.upstream.run)
+        nursery.start_soon(_learn_network, app)
         await nursery.start(app.pool.run)
         work = trio.CancelScope()
 
@@ -206,6 +211,28 @@ async def run_app(config: Config, *, task_status: trio.TaskStatus[App] = trio.TA
         await app.pool.drain(SHUTDOWN_GRACE)
         nursery.cancel_scope.cancel()
     log.info("stopped")
+
+
+async def _learn_network(app: App) -> None:
+    """Ask the nodes which network they run; refuse a pool address of another network."""
+    delay = 1.0
+    while app.network is None:
+        for url in app.config.upstream.nodes:
+            try:
+                name = await fetch_network_name(url)
+            except NodeInfoError as exc:
+                log.debug("network of %s not known yet: %s", url, exc)
+                continue
+            app.network = network_for_name(name)
+            log.info("upstream network: %s", name)
+            break
+        else:
+            await trio.sleep(delay)
+            delay = min(delay * 2, 60.0)
+    try:
+        decode_address(app.config.pool.address, app.network)
+    except AddressError as exc:
+        raise ConfigError("pool.address", f"{exc}; the upstream node runs {app.network.name!r}") from None
 
 
 async def _wait_for_signal() -> None:

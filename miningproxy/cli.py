@@ -86,14 +86,16 @@ def _run(args: argparse.Namespace) -> int:
         print(f"miningproxy: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config.log.level)
+    errors: list[ConfigError] = []
     try:
         trio.run(run_app, config)
-    except ConfigError as exc:  # values that can only be checked against the live upstream
-        print(f"miningproxy: config error: {exc}", file=sys.stderr)
-        return EXIT_CONFIG
-    except KeyboardInterrupt:
+    except* ConfigError as group:  # values that can only be checked against the live upstream
+        errors.extend(group.exceptions)  # type: ignore[arg-type]
+    except* KeyboardInterrupt:
         pass
-    return 0
+    for exc in errors:
+        print(f"miningproxy: config error: {exc}", file=sys.stderr)
+    return EXIT_CONFIG if errors else 0
 
 
 def _devnode(args: argparse.Namespace) -> int:

@@ -218,3 +218,24 @@ async def test_dev_node_killed_and_restarted_loses_no_found_block_silently():
         for block in app.pool.blocks:
             assert (block.status == "accepted") == (block.hash in in_chain)
         nursery.cancel_scope.cancel()
+
+
+def test_pool_address_of_another_network_than_the_node_exits_2(tmp_path):
+    node_port, http_port = free_port(), free_port()
+    config = tmp_path / "wrong-network.toml"
+    config.write_text(
+        (ROOT / "configs" / "devnet.toml")
+        .read_text()
+        .replace("127.0.0.1:8090", f"127.0.0.1:{node_port}")
+        .replace("127.0.0.1:8080", f"127.0.0.1:{http_port}")
+        .replace("WY1URKUnqCTyiixW1Dw29vmeG99hNN4EW6", "HJB2yxxsHtudGGy3jmVeadwMfRi2zNCKKD")
+        .replace("count = 2", "count = 0")
+    )
+    proc = subprocess.run(
+        [sys.executable, "-m", "miningproxy.cli", "run", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "pool.address" in proc.stderr and "privatenet" in proc.stderr
