@@ -8,7 +8,8 @@ import trio
 from miningproxy.api.http import HttpResponse, Router, serve_http
 from miningproxy.devnode.server import DevNode
 from miningproxy.devnode.settings import DevNodeSettings
-from miningproxy.upstream.node_info import NodeInfoError, fetch_network_name, http_get_json
+from miningproxy.upstream.node_http import NodeHttpError, http_get
+from miningproxy.upstream.node_info import NodeInfoError, fetch_network_name
 
 
 async def test_network_name_from_the_dev_node():
@@ -34,12 +35,13 @@ async def test_bad_answers_are_clear_errors():
         port = listeners[0].socket.getsockname()[1]
         with pytest.raises(NodeInfoError, match="not JSON"):
             await fetch_network_name(f"http://127.0.0.1:{port}/a/")
-        with pytest.raises(NodeInfoError, match="no network"):
+        with pytest.raises(NodeInfoError, match="no network name"):
             await fetch_network_name(f"http://127.0.0.1:{port}/b/")
         with pytest.raises(NodeInfoError, match="HTTP 404"):
-            await http_get_json(f"http://127.0.0.1:{port}/missing")
+            await fetch_network_name(f"http://127.0.0.1:{port}/missing/")
+        assert (await http_get(f"http://127.0.0.1:{port}/missing")).status == 404
         nursery.cancel_scope.cancel()
     with pytest.raises(NodeInfoError):
-        await http_get_json("http://127.0.0.1:9/v1a/version", timeout=2)
-    with pytest.raises(NodeInfoError, match="not an http"):
-        await http_get_json("ftp://x/")
+        await fetch_network_name("http://127.0.0.1:9/v1a/", timeout=2)
+    with pytest.raises(NodeHttpError, match="127.0.0.1:9"):
+        await http_get("http://127.0.0.1:9/v1a/version", timeout=2)

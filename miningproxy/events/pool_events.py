@@ -1,0 +1,401 @@
+"""The pool's own event stream (``/pool/event_ws``): the pool's accounting record.
+
+It speaks the node's event protocol, so every event_ws client works with it. Its identity:
+``peer_id`` is the proxy's id (made once, kept in the database), ``stream_id`` is made once with
+the stream, ``network`` is the upstream network. Ids start at 0 with ``LOAD_STARTED``.
+
+Event objects have the node's shape, ``{"id", "timestamp", "type", "data", "group_id": null}``,
+with these types and ``data``:
+
+``LOAD_STARTED``
+    ``{}`` -- event 0, written when the stream is created.
+``POOL_TEMPLATE_CHANGED``
+    ``{"height", "parent_hash", "weight", "reward", "clean", "node"}`` -- the pool mines a new
+    template; ``clean`` is true when the tip changed (every earlier job is stale).
+``POOL_MINER_CONNECTED`` / ``POOL_MINER_DISCONNECTED``
+    ``{"miner", "worker", "address", "peer"}`` (+ ``"reason"`` on disconnect) -- ``miner`` is the
+    connection's id (unique per connection), ``worker`` the rig's worker name, ``address`` the
+    address it mines for, ``peer`` its remote address (``""`` for local workers).
+``POOL_SHARE_ACCEPTED``
+    ``{"miner", "worker", "address", "job_id", "share_weight", "work", "hash", "height"}`` -- one
+    accepted share. ``work`` is the share's work as a decimal integer string,
+    ``floor(0.5 + 2**share_weight)`` (the rule the node uses for ``accumulated_weight_raw``):
+    summing it is exact, and a string keeps it exact in JavaScript too. A share that is also a
+    block is first a share: the ``POOL_BLOCK_FOUND`` follows it.
+``POOL_BLOCK_FOUND``
+    ``{"hash", "height", "weight", "miner", "worker", "address", "job_id"}``
+``POOL_BLOCK_SUBMITTED`` / ``POOL_BLOCK_ACCEPTED``
+    ``{"hash", "height", "miner", "worker", "address", "node"}``
+``POOL_BLOCK_REJECTED``
+    ``{"hash", "height", "miner", "worker", "address", "node", "status", "reason"}`` -- ``status``
+    is ``rejected`` (the node refused it), ``stale`` (another block won) or ``error`` (no answer).
+``POOL_UPSTREAM_CHANGED``
+    ``{"node", "previous", "reason"}`` -- the mining upstream switched nodes (``node`` null: none).
+
+Every block event names its miner, so a payout process never needs to join events. A reader that
+starts from id 0 can recompute every address's accepted work and blocks exactly:
+:func:`recompute_accounting` is that computation.
+
+Writes are group-committed: :meth:`PoolEvents.record` assigns the next id at once (never blocks),
+a background task commits everything recorded so far in one transaction, and
+:meth:`PoolEvents.wait_durable` returns once an id is on disk. Await it before telling a rig its
+share was accepted: then a crash loses at most what nobody was told, and since ids are only ever
+made durable in order, it never leaves a gap.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import secrets
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import trio
+
+from miningproxy.events.feed import EventFeed
+from miningproxy.events.log import EventLog, IdentityMismatch, StoredEvent, StreamIdentity
+from miningproxy.events.metrics import EventMetrics
+from miningproxy.events.stream import dumps
+
+log = logging.getLogger("miningproxy.events.pool")
+
+POOL_SEQ = "pool"
+PROXY_PEER_ID_KEY = "proxy.peer_id"
+
+LOAD_STARTED = "LOAD_STARTED"
+POOL_TEMPLATE_CHANGED = "POOL_TEMPLATE_CHANGED"
+POOL_MINER_CONNECTED = "POOL_MINER_CONNECTED"
+POOL_MINER_DISCONNECTED = "POOL_MINER_DISCONNECTED"
+POOL_SHARE_ACCEPTED = "POOL_SHARE_ACCEPTED"
+POOL_BLOCK_FOUND = "POOL_BLOCK_FOUND"
+POOL_BLOCK_SUBMITTED = "POOL_BLOCK_SUBMITTED"
+POOL_BLOCK_ACCEPTED = "POOL_BLOCK_ACCEPTED"
+POOL_BLOCK_REJECTED = "POOL_BLOCK_REJECTED"
+POOL_UPSTREAM_CHANGED = "POOL_UPSTREAM_CHANGED"
+POOL_EVENT_TYPES = (
+    LOAD_STARTED,
+    POOL_TEMPLATE_CHANGED,
+    POOL_MINER_CONNECTED,
+    POOL_MINER_DISCONNECTED,
+    POOL_SHARE_ACCEPTED,
+    POOL_BLOCK_FOUND,
+    POOL_BLOCK_SUBMITTED,
+    POOL_BLOCK_ACCEPTED,
+    POOL_BLOCK_REJECTED,
+    POOL_UPSTREAM_CHANGED,
+)
+
+
+class PoolEventsBusy(RuntimeError):
+    """Too many events are waiting for the disk: the caller should refuse the work (the disk is stuck)."""
+
+
+def weight_to_work(weight: float) -> int:
+    """The work of a weight as an integer: ``floor(0.5 + 2**weight)``, as the node computes it."""
+    return math.floor(0.5 + 2**weight)
+
+
+def event_text(event_id: int, timestamp: float, event_type: str, data: Mapping[str, Any]) -> str:
+    """An event object's JSON text, in the node's field order and encoding."""
+    return dumps({"id": event_id, "timestamp": timestamp, "type": event_type, "data": data, "group_id": None})
+
+
+def open_pool_stream(
+    event_log: EventLog, network: str, *, clock: Callable[[], float] = time.time
+) -> StreamIdentity:
+    """Create the pool stream on first use (identity + ``LOAD_STARTED`` in one transaction) or
+    check the existing one; returns its identity.
+
+    Raises IdentityMismatch when the database holds a pool stream of another network: one
+    database records one network's pool (point ``[events] database`` elsewhere for another).
+    """
+    stored = event_log.identity(POOL_SEQ)
+    if stored is not None:
+        if stored.network != network:
+            raise IdentityMismatch(
+                POOL_SEQ, stored, StreamIdentity(stored.peer_id, network, stored.stream_id)
+            )
+        return stored
+    peer_id = event_log.set_meta_once(PROXY_PEER_ID_KEY, secrets.token_hex(32))
+    identity = StreamIdentity(peer_id, network, str(uuid.uuid4()))
+    now = clock()
+    event_log.append(POOL_SEQ, [StoredEvent(0, now, event_text(0, now, LOAD_STARTED, {}))], identity=identity)
+    return identity
+
+
+class PoolEvents:
+    """The pool event writer. ``feed`` must be the ``pool`` feed of a log opened with open_pool_stream."""
+
+    def __init__(
+        self,
+        feed: EventFeed,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_batch: int = 1000,
+        max_pending: int = 100_000,
+        retry_delay: float = 1.0,
+        metrics: EventMetrics | None = None,
+    ) -> None:
+        if feed.identity is None or feed.last_id is None:
+            raise ValueError("the pool feed has no stream yet: call open_pool_stream() before PoolEvents()")
+        self.feed = feed
+        self.clock = clock
+        self.max_batch = max_batch
+        self.max_pending = max_pending
+        self.retry_delay = retry_delay
+        self.metrics = metrics
+        self._next_id = feed.last_id + 1
+        self._pending: deque[StoredEvent] = deque()
+        self._wake = trio.Event()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    # --- the writer task -------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Commit recorded events, oldest first, in batches. Cancelling it abandons what is not durable."""
+        task_status.started()
+        while True:
+            if not self._pending:
+                self._wake = trio.Event()
+                await self._wake.wait()
+                continue
+            batch = [self._pending[i] for i in range(min(self.max_batch, len(self._pending)))]
+            try:
+                await self.feed.append(batch)
+            except Exception:
+                log.exception("writing %d pool events failed; retrying in %gs", len(batch), self.retry_delay)
+                await trio.sleep(self.retry_delay)
+                continue
+            for _ in batch:
+                self._pending.popleft()
+            if self.metrics is not None:
+                self.metrics.appended.labels(POOL_SEQ).inc(len(batch))
+
+    async def flush(self) -> None:
+        """Wait until everything recorded so far is durable."""
+        if self._next_id > 0:
+            await self.wait_durable(self._next_id - 1)
+
+    # --- recording -------------------------------------------------------------------------------
+
+    def record(self, event_type: str, data: Mapping[str, Any]) -> int:
+        """Queue one event; returns its id at once. Raises PoolEventsBusy when the disk is far behind."""
+        if event_type not in POOL_EVENT_TYPES:
+            raise ValueError(f"unknown pool event type {event_type!r}")
+        if len(self._pending) >= self.max_pending:
+            raise PoolEventsBusy(f"{len(self._pending)} pool events are waiting for the disk")
+        event_id = self._next_id
+        now = self.clock()
+        self._pending.append(StoredEvent(event_id, now, event_text(event_id, now, event_type, data)))
+        self._next_id += 1
+        self._wake.set()
+        return event_id
+
+    async def wait_durable(self, event_id: int) -> None:
+        """Return once event ``event_id`` is committed (what a rig may be told is on disk)."""
+        await self.feed.wait_for(event_id)
+
+    async def emit(self, event_type: str, data: Mapping[str, Any]) -> int:
+        """record() and wait_durable() in one."""
+        event_id = self.record(event_type, data)
+        await self.wait_durable(event_id)
+        return event_id
+
+    # --- typed helpers (they return the event id; await wait_durable(id) where it matters) -------
+
+    def template_changed(
+        self, *, height: int, parent_hash: str, weight: float, reward: int, clean: bool, node: str
+    ) -> int:
+        return self.record(
+            POOL_TEMPLATE_CHANGED,
+            {
+                "height": height,
+                "parent_hash": parent_hash,
+                "weight": weight,
+                "reward": reward,
+                "clean": clean,
+                "node": node,
+            },
+        )
+
+    def miner_connected(self, *, miner: str, worker: str, address: str, peer: str = "") -> int:
+        return self.record(
+            POOL_MINER_CONNECTED, {"miner": miner, "worker": worker, "address": address, "peer": peer}
+        )
+
+    def miner_disconnected(
+        self, *, miner: str, worker: str, address: str, peer: str = "", reason: str = ""
+    ) -> int:
+        return self.record(
+            POOL_MINER_DISCONNECTED,
+            {"miner": miner, "worker": worker, "address": address, "peer": peer, "reason": reason},
+        )
+
+    def share_accepted(
+        self,
+        *,
+        miner: str,
+        worker: str,
+        address: str,
+        job_id: str,
+        share_weight: float,
+        hash: bytes | str,
+        height: int,
+    ) -> int:
+        return self.record(
+            POOL_SHARE_ACCEPTED,
+            {
+                "miner": miner,
+                "worker": worker,
+                "address": address,
+                "job_id": job_id,
+                "share_weight": share_weight,
+                "work": str(weight_to_work(share_weight)),
+                "hash": _hex(hash),
+                "height": height,
+            },
+        )
+
+    def block_found(
+        self,
+        *,
+        hash: bytes | str,
+        height: int,
+        weight: float,
+        miner: str,
+        worker: str,
+        address: str,
+        job_id: str,
+    ) -> int:
+        return self.record(
+            POOL_BLOCK_FOUND,
+            {
+                "hash": _hex(hash),
+                "height": height,
+                "weight": weight,
+                "miner": miner,
+                "worker": worker,
+                "address": address,
+                "job_id": job_id,
+            },
+        )
+
+    def block_submitted(
+        self, *, hash: bytes | str, height: int, miner: str, worker: str, address: str, node: str
+    ) -> int:
+        return self.record(POOL_BLOCK_SUBMITTED, _block(hash, height, miner, worker, address, node))
+
+    def block_accepted(
+        self, *, hash: bytes | str, height: int, miner: str, worker: str, address: str, node: str
+    ) -> int:
+        return self.record(POOL_BLOCK_ACCEPTED, _block(hash, height, miner, worker, address, node))
+
+    def block_rejected(
+        self,
+        *,
+        hash: bytes | str,
+        height: int,
+        miner: str,
+        worker: str,
+        address: str,
+        node: str,
+        status: str,
+        reason: str,
+    ) -> int:
+        data = _block(hash, height, miner, worker, address, node)
+        data["status"] = status
+        data["reason"] = reason
+        return self.record(POOL_BLOCK_REJECTED, data)
+
+    def upstream_changed(self, *, node: str | None, previous: str | None, reason: str = "") -> int:
+        return self.record(POOL_UPSTREAM_CHANGED, {"node": node, "previous": previous, "reason": reason})
+
+
+def _hex(value: bytes | str) -> str:
+    return value.hex() if isinstance(value, bytes | bytearray) else value
+
+
+def _block(
+    hash: bytes | str, height: int, miner: str, worker: str, address: str, node: str
+) -> dict[str, Any]:
+    return {
+        "hash": _hex(hash),
+        "height": height,
+        "miner": miner,
+        "worker": worker,
+        "address": address,
+        "node": node,
+    }
+
+
+# --- accounting -----------------------------------------------------------------------------------
+
+
+@dataclass
+class AddressAccount:
+    """What one payout address did, as recorded in the pool stream."""
+
+    shares: int = 0
+    work: int = 0  # sum of the accepted shares' integer work
+    blocks_found: int = 0
+    blocks_accepted: int = 0
+    blocks_rejected: int = 0
+    workers: set[str] = field(default_factory=set)
+
+
+class AccountingError(ValueError):
+    """The events do not form a complete pool stream (a gap, a foreign event)."""
+
+
+def recompute_accounting(events: Iterable[Mapping[str, Any] | str]) -> dict[str, AddressAccount]:
+    """Every address's accepted shares, work and blocks, from the pool stream read from id 0.
+
+    ``events`` are event objects, EVENT frames (as dicts or JSON text) or a mix. The ids must run
+    0, 1, 2, ... without a gap (an incomplete record would give wrong payouts, so it is refused).
+    A block counts once per outcome even if an outcome were recorded twice.
+    """
+    accounts: dict[str, AddressAccount] = {}
+    expected = 0
+    outcomes: dict[str, str] = {}
+    for item in events:
+        event = json.loads(item) if isinstance(item, str) else item
+        if event.get("type") == "EVENT" and "event" in event:
+            event = event["event"]
+        event_id = event.get("id")
+        if event_id != expected:
+            raise AccountingError(f"expected event {expected}, got {event_id!r}: the record has a gap")
+        expected += 1
+        event_type = event.get("type")
+        data = event.get("data") or {}
+        if event_type == POOL_SHARE_ACCEPTED:
+            account = accounts.setdefault(data["address"], AddressAccount())
+            account.shares += 1
+            account.work += int(data["work"])
+            account.workers.add(data["worker"])
+        elif event_type == POOL_BLOCK_FOUND:
+            accounts.setdefault(data["address"], AddressAccount()).blocks_found += 1
+        elif event_type in (POOL_BLOCK_ACCEPTED, POOL_BLOCK_REJECTED):
+            outcome = "accepted" if event_type == POOL_BLOCK_ACCEPTED else "rejected"
+            if outcomes.get(data["hash"]) == outcome:
+                continue
+            previous = outcomes.get(data["hash"])
+            outcomes[data["hash"]] = outcome
+            account = accounts.setdefault(data["address"], AddressAccount())
+            if previous == "accepted":
+                account.blocks_accepted -= 1
+            elif previous == "rejected":
+                account.blocks_rejected -= 1
+            if outcome == "accepted":
+                account.blocks_accepted += 1
+            else:
+                account.blocks_rejected += 1
+    return accounts

@@ -1,0 +1,205 @@
+"""The SQLite event log: exact appends, identities, retention, and durability across a SIGKILL."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from miningproxy.events.log import (
+    CorruptLog,
+    EventLog,
+    EventLogError,
+    GapError,
+    IdentityMismatch,
+    PrunedError,
+    StoredEvent,
+    StreamIdentity,
+)
+
+NODE = StreamIdentity("a" * 64, "privatenet", "stream-1")
+OTHER = StreamIdentity("b" * 64, "privatenet", "stream-1")
+
+
+def ev(event_id: int, ts: float = 1000.0, text: str | None = None) -> StoredEvent:
+    return StoredEvent(event_id, ts, text if text is not None else f'{{"id":{event_id},"data":{{}}}}')
+
+
+@pytest.fixture
+def path(tmp_path: Path) -> Path:
+    return tmp_path / "events.sqlite3"
+
+
+def test_append_reopen_and_replay_the_same_text(path: Path) -> None:
+    odd = [
+        '{"id":0,"timestamp":1795814404.5515604,"type":"LOAD_STARTED","data":{},"group_id":null}',
+        '{ "id" : 1, "x": "é\\u00e9 \u2028 \U0001f600", "f": 1.0e5 }',  # kept as is, never re-encoded
+        '{"id":2,"big":' + "9" * 400 + "}",
+    ]
+    with EventLog(path) as log:
+        log.append("node", [ev(i, text=t) for i, t in enumerate(odd)], identity=NODE)
+    with EventLog(path) as log:
+        assert log.identity("node") == NODE
+        assert log.read("node", 0, 10) == list(enumerate(odd))
+        assert log.bounds("node").first_id == 0 and log.bounds("node").last_id == 2
+        assert log.identity("pool") is None and log.bounds("pool") is None
+
+
+def test_the_database_runs_in_wal_mode(path: Path) -> None:
+    EventLog(path).close()
+    assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+@pytest.mark.parametrize(
+    ("first", "batch"),
+    [
+        ([], [1]),  # a sequence starts at 0
+        ([0, 1], [3]),  # a gap
+        ([0, 1], [1]),  # a repeat
+        ([0, 1], [2, 3, 5]),  # a gap inside a batch
+        ([0, 1], [2, 2]),
+    ],
+)
+def test_appends_that_are_not_exact_are_refused_whole(path: Path, first: list[int], batch: list[int]) -> None:
+    with EventLog(path) as log:
+        log.append("pool", [ev(i) for i in first], identity=NODE)
+        with pytest.raises(GapError):
+            log.append("pool", [ev(i) for i in batch])
+        bounds = log.bounds("pool")
+        assert (bounds.last_id if bounds else None) == (first[-1] if first else None)
+
+
+def test_first_events_need_an_identity_and_other_identities_are_refused(path: Path) -> None:
+    with EventLog(path) as log:
+        with pytest.raises(EventLogError, match="no identity"):
+            log.append("node", [ev(0)])
+        log.append("node", [ev(0)], identity=NODE)
+        log.append("node", [ev(1)], identity=NODE)
+        with pytest.raises(IdentityMismatch, match="refusing events from peer_id=bbbb"):
+            log.append("node", [ev(2)], identity=OTHER)
+        assert log.bounds("node").last_id == 1
+        log.append("pool", [ev(0)], identity=OTHER)  # sequences are independent
+
+
+def test_set_meta_once_keeps_the_first_value(path: Path) -> None:
+    with EventLog(path) as log:
+        assert log.set_meta_once("proxy.peer_id", "first") == "first"
+        assert log.set_meta_once("proxy.peer_id", "second") == "first"
+    with EventLog(path) as log:
+        assert log.get_meta("proxy.peer_id") == "first"
+
+
+def test_prune_by_count_keeps_the_newest_and_reports_pruned_ids(path: Path) -> None:
+    with EventLog(path) as log:
+        log.append("node", [ev(i) for i in range(100)], identity=NODE)
+        assert log.prune("node", keep_count=10) == 90
+        assert (log.bounds("node").first_id, log.bounds("node").last_id) == (90, 99)
+        with pytest.raises(PrunedError, match="event 89 was pruned .* the oldest retained event is 90"):
+            log.read("node", 89, 5)
+        assert [i for i, _ in log.read("node", 90, 5)] == [90, 91, 92, 93, 94]
+        log.append("node", [ev(100)])  # ids go on
+        assert log.prune("node", keep_count=1) == 10
+        assert log.read("node", 100, 5)[0][0] == 100
+
+
+def test_prune_by_age_removes_only_a_prefix_and_never_the_last(path: Path) -> None:
+    with EventLog(path) as log:
+        # Timestamps need not be monotonic: event 3 is "young" but 4 is old again.
+        stamps = [10, 20, 30, 500, 40, 600, 700]
+        log.append("node", [ev(i, ts) for i, ts in enumerate(stamps)], identity=NODE)
+        assert log.prune("node", max_age=200, now=700) == 3  # 0..2 are older than 500; 4 stays
+        assert log.bounds("node").first_id == 3
+        assert log.prune("node", max_age=1, now=10_000) == 3  # everything is old: the last stays
+        assert (log.bounds("node").first_id, log.bounds("node").last_id) == (6, 6)
+    with EventLog(path) as log:  # and it is still contiguous after reopening
+        assert log.verify("node").first_id == 6
+
+
+def test_prune_refuses_to_keep_nothing(path: Path) -> None:
+    with EventLog(path) as log, pytest.raises(ValueError):
+        log.prune("node", keep_count=0)
+
+
+def test_a_gap_in_the_file_is_detected_on_open(path: Path) -> None:
+    with EventLog(path) as log:
+        log.append("pool", [ev(i) for i in range(5)], identity=NODE)
+    db = sqlite3.connect(path)
+    db.execute("DELETE FROM events WHERE seq='pool' AND id=2")
+    db.commit()
+    db.close()
+    with pytest.raises(CorruptLog, match="1 missing"):
+        EventLog(path)
+
+
+def test_in_memory_log_works_for_the_devnode() -> None:
+    with EventLog(":memory:") as log:
+        log.append("node", [ev(0), ev(1)], identity=NODE)
+        assert log.read("node", 1, 5) == [(1, ev(1).text)]
+
+
+def test_unknown_sequence_and_bad_options(path: Path) -> None:
+    with EventLog(path) as log, pytest.raises(ValueError):
+        log.read("other", 0, 1)
+    with pytest.raises(ValueError):
+        EventLog(path, synchronous="off")
+    with pytest.raises(EventLogError, match="does not exist"):
+        EventLog(path.parent / "missing" / "x.sqlite3")
+
+
+# --- crash safety -----------------------------------------------------------------------------------
+
+_WRITER = textwrap.dedent(
+    """
+    import sys
+    from miningproxy.events.log import EventLog, StoredEvent, StreamIdentity
+    log = EventLog(sys.argv[1], synchronous=sys.argv[2])
+    ident = StreamIdentity("a" * 64, "privatenet", "s")
+    bounds = log.bounds("pool")
+    next_id = 0 if bounds is None else bounds.last_id + 1
+    size = 1
+    while True:
+        batch = [StoredEvent(i, 1.0, '{"id":%d,"pad":"%s"}' % (i, "x" * 300)) for i in range(next_id, next_id + size)]
+        log.append("pool", batch, identity=ident)
+        next_id += size
+        size = size % 50 + 1
+        print(next_id - 1, flush=True)  # acknowledged: durable
+    """
+)
+
+
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
+def test_sigkill_mid_append_loses_nothing_acknowledged_and_leaves_no_gap(
+    path: Path, synchronous: str
+) -> None:
+    acknowledged = -1
+    for round_ in range(3):
+        child = subprocess.Popen(
+            [sys.executable, "-c", _WRITER, str(path), synchronous],
+            stdout=subprocess.PIPE,
+            text=True,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).parents[1])},
+        )
+        assert child.stdout is not None
+        lines = 0
+        for line in child.stdout:
+            acknowledged = max(acknowledged, int(line))
+            lines += 1
+            if lines >= 40 + 37 * round_:  # kill at a different point each round, mid-stream
+                break
+        child.send_signal(signal.SIGKILL)
+        child.wait()
+        for line in child.stdout:  # anything acknowledged before the kill landed
+            acknowledged = max(acknowledged, int(line))
+        with EventLog(path) as log:
+            bounds = log.verify("pool")  # contiguous, or this raises
+            assert bounds is not None and bounds.first_id == 0
+            assert bounds.last_id >= acknowledged
+            rows = log.read("pool", 0, bounds.last_id + 1)
+            assert [i for i, _ in rows] == list(range(bounds.last_id + 1))
+            assert all(text.startswith(f'{{"id":{i},') for i, text in rows)
