@@ -108,6 +108,12 @@ async def run_devnode_from_args(
         bound = await nursery.start(partial(serve_devnode, settings, host, port, node=node))
         shown = f"[{host}]" if ":" in host else host
         log.info(
-            "devnode ready: http://%s:%d/v1a/ (mining: ws://%s:%d/v1a/mining_ws)", shown, bound, shown, bound
+            "devnode ready: http://%s:%d/v1a/ (mining: ws://%s:%d/v1a/mining_ws, admin: ws://%s:%d/v1a/ws)",
+            shown,
+            bound,
+            shown,
+            bound,
+            shown,
+            bound,
         )
         task_status.started(bound)

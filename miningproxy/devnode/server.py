@@ -1,11 +1,12 @@
-"""The dev node's network face: /v1a/mining_ws, /v1a/version and /v1a/status on one HTTP port.
+"""The dev node's network face: /v1a/mining_ws, /v1a/ws, /v1a/version and /v1a/status on one HTTP port.
 
 The mining websocket behaves as a real node's (see protocol/HATHOR.md and the transcripts):
 ``mining.notify`` on connect and after every new best block (to every client), ``mining.refresh``,
 ``mining.submit`` (named or positional params) answering ``true``/``false``, and the fatal
 ``-32603 Internal error`` + close for an invalid block. ``optimistic: true`` follows
 ``DevNodeSettings.optimistic``. The close after a fatal error carries no status code (the client
-sees 1005), as the node's autobahn ``sendClose()`` does.
+sees 1005), as the node's autobahn ``sendClose()`` does. The admin websocket ``/v1a/ws`` lives in
+admin.py (``DevNode.admin``).
 
 Test hooks live on :class:`DevNode`: ``chain`` (read blocks), ``set_time_source``, ``syncing``,
 ``optimistic``, ``force_submit_failure``, ``mine_block`` (a block found elsewhere),
@@ -28,6 +29,7 @@ from wsproto.frame_protocol import CloseReason
 
 from miningproxy.api.http import HttpRequest, HttpResponse, Router, serve_http
 from miningproxy.devnode import miner, rpc
+from miningproxy.devnode.admin import ADMIN_WS_PATH, DevAdmin
 from miningproxy.devnode.chain import ChainBlock, ChainRules, DevChain, SubmitResult, SubmitStatus
 from miningproxy.devnode.genesis import make_genesis
 from miningproxy.devnode.settings import DevNodeSettings
@@ -158,6 +160,7 @@ class DevNode:
         self._last_broadcast_tip = self.chain.tip.hash
         self._tip_changed = trio.Event()
         self._started_at: float | None = None
+        self.admin = DevAdmin(self)  # /v1a/ws
 
     # -- test hooks ----------------------------------------------------------------------------
     def set_time_source(self, clock: Callable[[], float]) -> None:
@@ -223,6 +226,7 @@ class DevNode:
 
     def _on_new_tip(self, block: ChainBlock) -> None:
         log.info("devnode: new best block %s at height %d", block.hash_hex, block.height)
+        self.admin.on_new_block(block)
         self._tip_changed.set()
         self._tip_changed = trio.Event()
 
@@ -281,6 +285,7 @@ class DevNode:
     def router(self) -> Router:
         router = Router()
         router.websocket(MINING_WS_PATH, self._mining_ws)
+        router.websocket(ADMIN_WS_PATH, self.admin.handler)
         router.http(VERSION_PATH, self._version)
         router.http(STATUS_PATH, self._status)
         return router
@@ -352,6 +357,7 @@ class DevNode:
     ) -> None:
         """Serve until cancelled; ``task_status.started`` gets the bound port."""
         async with trio.open_nursery() as nursery:
+            await nursery.start(self.admin.run)
             listeners = await nursery.start(partial(serve_http, self.router(), host, port))
             self._started_at = trio.current_time()
             bound = listeners[0].socket.getsockname()[1]

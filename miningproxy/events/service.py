@@ -26,10 +26,10 @@ from miningproxy.api.http import Router
 from miningproxy.events.feed import EventFeed, run_retention
 from miningproxy.events.log import EventLog
 from miningproxy.events.metrics import EventMetrics, event_gauges
-from miningproxy.upstream.node_http import NodeHttpError, http_get, node_url
 from miningproxy.events.pool_events import POOL_SEQ, PoolEvents, open_pool_stream
 from miningproxy.events.server import EventHttpApi, EventStreamServer
 from miningproxy.events.upstream import NodeEventConsumer
+from miningproxy.upstream.node_http import NodeHttpError, http_get, node_url
 
 log = logging.getLogger("miningproxy.events")
 

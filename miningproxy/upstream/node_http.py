@@ -7,13 +7,11 @@ what went wrong.
 from __future__ import annotations
 
 import ssl
-from collections.abc import Sequence
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 import h11
 import trio
-
 
 MAX_BODY = 1 << 20
 
