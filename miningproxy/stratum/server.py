@@ -1,0 +1,438 @@
+"""The trio layer around :class:`~miningproxy.stratum.session.Session`: listeners and connections.
+
+Each connection is three tasks in its own nursery, which die with the connection:
+
+- the reader feeds bytes through the :class:`~miningproxy.stratum.framing.LineFramer` into the
+  session;
+- the writer sends what the session queued. It is the only task that can block on a rig, and it is
+  bounded: a rig whose socket takes nothing for ``send_timeout`` seconds, or that lets more than
+  ``max_outbox`` bytes pile up, is cut off;
+- the timer calls ``session.tick`` at the session's next deadline (subscribe timeout, the job
+  refresh every ``job_interval`` seconds, vardiff's idle checks).
+
+New work is fanned out by one task: for each work signal of the pool it walks the sessions and
+queues a job in each (never waiting for any socket: a slow rig only delays its own writer, and
+its queue keeps only the newest unsent job).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import ssl
+from collections import Counter
+from typing import Any
+
+import trio
+
+from miningproxy.hathor.networks import Network
+from miningproxy.metrics import Metrics
+from miningproxy.pool.stats import MinerId
+from miningproxy.stratum.ban import BanList
+from miningproxy.stratum.framing import LineFramer
+from miningproxy.stratum.metrics import StratumMetrics
+from miningproxy.stratum.session import LimitHit, Penalty, Session, ShareRejected, WeightUsed
+from miningproxy.stratum.settings import StratumSettings
+
+log = logging.getLogger("miningproxy.stratum")
+
+RECEIVE_SIZE = 65536
+FAN_OUT_BATCH = 64  # sessions handed a job between two checkpoints of the fan-out task
+CLOSE_FLUSH = 1.0  # seconds to flush final lines at shutdown
+
+
+def ssl_context(cert: str, key: str) -> ssl.SSLContext:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(cert, key)
+    return context
+
+
+def peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    try:
+        address = inner.socket.getpeername()
+        return str(address[0]), int(address[1])
+    except (AttributeError, OSError, IndexError, TypeError, ValueError):
+        return "?", 0
+
+
+class StratumServer:
+    """``await nursery.start(server.run)`` serves until :meth:`shutdown` (or cancellation)."""
+
+    def __init__(
+        self,
+        pool: Any,  # PoolService: .work, .generation, .new_job, .submit_share, .stats
+        settings: StratumSettings,
+        network: Network | None,
+        *,
+        metrics: Metrics,
+        payout_mode: str = "pool",
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self.pool = pool
+        self.settings = settings.check()
+        self.network = network
+        self.payout_mode = payout_mode
+        self._ssl_context = ssl_context
+        self.metrics = StratumMetrics(metrics)
+        if settings.per_worker_metrics:
+            self.metrics.add_worker_hashrates(self.worker_hashrates)
+        self.bans = BanList(settings.ban)
+        self.ports: list[int] = []  # bound plain ports, once running
+        self.tls_ports: list[int] = []
+        self._connections: set[_Connection] = set()
+        self._per_ip: Counter[str] = Counter()
+        self._miners: Counter[MinerId] = Counter()  # live subscribed connections per miner
+        self._accepting = trio.CancelScope()
+        self._nursery: trio.Nursery | None = None
+        self._shutting_down = False
+        self._changed = trio.Event()  # set whenever a connection goes away
+
+    # --- running -------------------------------------------------------------------------------
+
+    async def run(self, *, task_status: trio.TaskStatus[StratumServer] = trio.TASK_STATUS_IGNORED) -> None:
+        s = self.settings
+        context = None
+        if s.tls_listen is not None:  # a bad certificate fails here, before any socket is open
+            context = self._ssl_context or ssl_context(s.tls_cert or "", s.tls_key or "")
+        listeners: list[trio.abc.Listener[Any]] = list(
+            await trio.open_tcp_listeners(s.listen[1], host=s.listen[0])
+        )
+        self.ports = sorted({listener.socket.getsockname()[1] for listener in listeners})  # type: ignore[attr-defined]
+        if s.tls_listen is not None and context is not None:
+            raw = await trio.open_tcp_listeners(s.tls_listen[1], host=s.tls_listen[0])
+            self.tls_ports = sorted({listener.socket.getsockname()[1] for listener in raw})
+            listeners += [trio.SSLListener(listener, context, https_compatible=False) for listener in raw]
+        async with trio.open_nursery() as nursery:
+            self._nursery = nursery
+            nursery.start_soon(self._fan_out)
+            await nursery.start(self._accept, listeners)
+            log.info(
+                "stratum listening on %s:%s%s (%s mode)",
+                s.listen[0],
+                ",".join(map(str, self.ports)),
+                f", TLS on {s.tls_listen[0]}:{','.join(map(str, self.tls_ports))}" if s.tls_listen else "",
+                self.payout_mode,
+            )
+            task_status.started(self)
+        log.info("stratum server stopped")
+
+    async def _accept(
+        self, listeners: list[trio.abc.Listener[Any]], *, task_status: trio.TaskStatus[Any]
+    ) -> None:
+        with self._accepting:
+            await trio.serve_listeners(
+                self._handle, listeners, handler_nursery=self._nursery, task_status=task_status
+            )
+
+    async def shutdown(self, grace: float | None = None) -> None:
+        """Stop accepting, ask every rig to reconnect, answer what is already on the wire for
+        ``grace`` seconds (default ``shutdown_grace``), then close everything; run() returns."""
+        if self._shutting_down:
+            return
+        self._shutting_down = True
+        grace = self.settings.shutdown_grace if grace is None else grace
+        self._accepting.cancel()
+        now = trio.current_time()
+        connections = list(self._connections)
+        log.info("stratum shutting down: asking %d rigs to reconnect", len(connections))
+        for conn in connections:
+            conn.session.begin_shutdown(now)
+            self._after(conn)
+        await self._wait_closed(grace)
+        for conn in list(self._connections):
+            conn.session.close("shutdown")
+            conn.wake()
+        await self._wait_closed(CLOSE_FLUSH)
+        for conn in list(self._connections):
+            conn.kill()
+        if self._nursery is not None:
+            self._nursery.cancel_scope.cancel()
+
+    async def _wait_closed(self, timeout: float) -> None:
+        with trio.move_on_after(timeout):
+            while self._connections:
+                self._changed = trio.Event()
+                await self._changed.wait()
+
+    def set_network(self, network: Network | None) -> None:
+        """The upstream's network, once known (until then rigs are answered 10 "node syncing":
+        their addresses could not be checked against the network's version bytes)."""
+        self.network = network
+        for conn in self._connections:
+            conn.session.network = network
+
+    # --- state for metrics, health and the API -------------------------------------------------
+
+    @property
+    def connections(self) -> int:
+        return len(self._connections)
+
+    def sessions(self) -> list[Session]:
+        return [conn.session for conn in self._connections]
+
+    def rigs(self) -> list[dict[str, Any]]:
+        now = trio.current_time()
+        return [conn.session.status(now) for conn in self._connections]
+
+    def worker_hashrates(self) -> list[tuple[MinerId, float]]:
+        try:
+            now = trio.current_time()
+        except RuntimeError:  # a scrape outside trio: sessions live on trio's clock
+            return []
+        miners = {conn.session.miner for conn in self._connections if conn.session.subscribed}
+        stats = getattr(self.pool, "stats", None)
+        out = []
+        for miner in sorted(miners, key=str):
+            entry = stats.miners.get(miner) if stats is not None else None
+            out.append((miner, entry.rate(now) if entry is not None else 0.0))
+        return out
+
+    # --- connections ---------------------------------------------------------------------------
+
+    async def _handle(self, stream: trio.abc.Stream) -> None:
+        ip, port = peer_of(stream)
+        now = trio.current_time()
+        if self._shutting_down:
+            return
+        refusal = self._refusal(ip, now)
+        if refusal is not None:
+            limit, detail = refusal
+            self._limit_hit(limit, f"{ip}:{port}", detail)
+            return
+        session = Session(
+            self.pool, self.settings, self.network, payout_mode=self.payout_mode, peer=f"{ip}:{port}", now=now
+        )
+        conn = _Connection(self, stream, session, ip)
+        self._connections.add(conn)
+        self._per_ip[ip] += 1
+        self.metrics.rigs.inc()
+        log.debug("rig connected from %s:%d", ip, port)
+        try:
+            if isinstance(stream, trio.SSLStream):
+                with trio.move_on_after(self.settings.subscribe_timeout) as handshake:
+                    await stream.do_handshake()
+                if handshake.cancelled_caught:
+                    session.close("TLS handshake timeout")
+                    return
+            await conn.run()
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            session.close(f"connection error: {exc!r}")
+        except Exception:
+            log.exception("rig %s: unexpected error; closing its connection", session.peer)
+            session.close("internal error")
+        finally:
+            self._connections.discard(conn)
+            self._per_ip[ip] -= 1
+            if self._per_ip[ip] <= 0:
+                del self._per_ip[ip]
+            self.metrics.rigs.dec()
+            if conn.consumer:
+                self.pool.unregister_consumer()
+            self._count_miner(conn, None)
+            self._changed.set()
+            log.log(
+                logging.INFO if session.subscribed else logging.DEBUG,
+                "rig %s (%s) disconnected: %s; %d accepted, %d rejected, %d blocks",
+                session.peer,
+                session.miner,
+                session.close_reason or "connection lost",
+                session.accepted,
+                sum(session.rejected.values()),
+                session.blocks,
+            )
+
+    def _refusal(self, ip: str, now: float) -> tuple[str, str] | None:
+        if self.bans.banned(ip, now):
+            return "banned", "refused: IP is banned"
+        if len(self._connections) >= self.settings.max_connections:
+            return "max_connections", f"refused: {self.settings.max_connections} connections open"
+        if self._per_ip[ip] >= self.settings.max_per_ip:
+            return "max_per_ip", f"refused: {self.settings.max_per_ip} connections from this IP"
+        return None
+
+    def _pool_has(self, name: str) -> bool:
+        return callable(getattr(self.pool, name, None))
+
+    def _delivered(self, signal: Any) -> None:
+        if self._pool_has("job_delivered"):
+            self.pool.job_delivered(signal)
+
+    def _count_miner(self, conn: _Connection, miner: MinerId | None) -> None:
+        """Keep count of the connections per miner; the pool forgets a miner's stats when the last
+        one goes (its live series go with it; an idle but connected rig is never forgotten)."""
+        old = conn.miner
+        if old == miner:
+            return
+        conn.miner = miner
+        if miner is not None:
+            self._miners[miner] += 1
+        if old is not None:
+            self._miners[old] -= 1
+            if self._miners[old] <= 0:
+                del self._miners[old]
+                stats = getattr(self.pool, "stats", None)
+                if stats is not None:
+                    stats.forget(old)
+
+    def _after(self, conn: _Connection) -> None:
+        """After the session took input: act on its events and wake the connection's tasks."""
+        session = conn.session
+        if session.subscribed and session.miner is not conn.miner:
+            self._count_miner(conn, session.miner)
+        if not conn.consumer and session.current_job is not None and self._pool_has("register_consumer"):
+            conn.consumer = True  # a mining rig counts in the pool's job broadcast latency
+            self.pool.register_consumer()
+        for event in session.take_events():
+            if isinstance(event, Penalty):
+                self._penalize(conn, event)
+            elif isinstance(event, WeightUsed):
+                self.metrics.weights.observe(event.weight)
+            elif isinstance(event, ShareRejected):
+                self.metrics.shares.labels("rejected", event.reason).inc()
+            elif isinstance(event, LimitHit):
+                self._limit_hit(event.limit, session.peer, event.detail)
+        conn.wake()
+
+    def _penalize(self, conn: _Connection, penalty: Penalty) -> None:
+        now = trio.current_time()
+        if not self.bans.add(conn.ip, penalty.points, now):
+            return
+        self._limit_hit(
+            "ban",
+            conn.session.peer,
+            f"banned for {self.settings.ban.duration:g}s (last straw: {penalty.reason})",
+        )
+        for other in list(self._connections):
+            if other.ip == conn.ip:
+                other.session.close("banned")
+                other.kill()
+
+    def _limit_hit(self, limit: str, peer: str, detail: str) -> None:
+        self.metrics.limit_hits.labels(limit).inc()
+        log.warning("stratum limit %s hit by %s: %s", limit, peer, detail)
+
+    async def _fan_out(self) -> None:
+        async for signal in self.pool.work.subscribe():
+            if self._shutting_down:
+                return
+            connections = list(self._connections)
+            for start in range(0, len(connections), FAN_OUT_BATCH):
+                now = trio.current_time()
+                for conn in connections[start : start + FAN_OUT_BATCH]:
+                    try:
+                        if conn.session.new_work(signal.clean, now):
+                            conn.job_queued(signal)
+                    except Exception:
+                        log.exception(
+                            "rig %s: cannot build its job; closing its connection", conn.session.peer
+                        )
+                        conn.session.close("internal error")
+                        conn.kill()
+                    self._after(conn)
+                await trio.lowlevel.checkpoint()
+
+
+class _Connection:
+    def __init__(self, server: StratumServer, stream: trio.abc.Stream, session: Session, ip: str) -> None:
+        self.server = server
+        self.stream = stream
+        self.session = session
+        self.ip = ip
+        self._scope: trio.CancelScope | None = None
+        self._writer_wake = trio.Event()
+        self._timer_wake = trio.Event()
+        self._timer_deadline = math.inf
+        self._killed = False
+        self.consumer = False  # registered with the pool as a job consumer
+        self.miner: MinerId | None = None  # as counted in the server's per-miner tally
+        self._undelivered: tuple[Any, int] | None = None  # (work signal, session.jobs_queued then)
+
+    async def run(self) -> None:
+        async with trio.open_nursery() as nursery:
+            self._scope = nursery.cancel_scope
+            if self._killed:
+                nursery.cancel_scope.cancel()
+            nursery.start_soon(self._reader)
+            nursery.start_soon(self._writer)
+            nursery.start_soon(self._timer)
+
+    def wake(self) -> None:
+        self._writer_wake.set()
+        deadline = self.session.next_deadline()
+        if deadline is None or deadline < self._timer_deadline:
+            self._timer_wake.set()
+
+    def job_queued(self, signal: Any) -> None:
+        """A job for ``signal`` is queued; the pool hears when it is written. A clean signal is
+        kept over later refreshes: the newer job written also answers it."""
+        if self._undelivered is None or signal.clean:
+            self._undelivered = (signal, self.session.jobs_queued)
+
+    def kill(self) -> None:
+        self._killed = True
+        if self._scope is not None:
+            self._scope.cancel()
+
+    async def _reader(self) -> None:
+        framer = LineFramer(self.server.settings.max_line)
+        session = self.session
+        try:
+            while session.close_reason is None:
+                data = await self.stream.receive_some(RECEIVE_SIZE)
+                if not data:
+                    session.close("peer closed the connection")
+                    break
+                now = trio.current_time()
+                for event in framer.feed(data):
+                    session.receive(event, now)
+                    if session.close_reason is not None:
+                        break
+                self.server._after(self)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+            session.close(f"receive failed: {exc!r}")
+        self.server._after(self)
+
+    async def _writer(self) -> None:
+        session = self.session
+        timeout = self.server.settings.send_timeout
+        while True:
+            data = session.data_to_send()
+            if data:
+                taken = session.last_job_taken
+                try:
+                    with trio.move_on_after(timeout) as scope:
+                        await self.stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
+                    session.close(f"send failed: {exc!r}")
+                    break
+                if scope.cancelled_caught:
+                    session.close("send timeout")
+                    self.server._limit_hit(
+                        "send_timeout", session.peer, f"socket took nothing for {timeout:g}s"
+                    )
+                    break
+                if self._undelivered is not None and taken >= self._undelivered[1]:
+                    self.server._delivered(self._undelivered[0])
+                    self._undelivered = None
+                continue
+            if session.close_reason is not None:
+                break
+            await self._writer_wake.wait()
+            self._writer_wake = trio.Event()
+        self.kill()
+
+    async def _timer(self) -> None:
+        session = self.session
+        while True:
+            deadline = session.next_deadline()
+            self._timer_deadline = math.inf if deadline is None else deadline
+            self._timer_wake = trio.Event()
+            with trio.move_on_at(self._timer_deadline):
+                await self._timer_wake.wait()
+            now = trio.current_time()
+            if deadline is not None and now >= deadline:
+                session.tick(now)
+                self.server._after(self)

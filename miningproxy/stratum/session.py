@@ -1,0 +1,672 @@
+"""One rig's Hathor Stratum session, sans-IO.
+
+The session is fed lines (or framing errors), work signals and clock ticks, each with the current
+time, and answers with bytes to send (:meth:`Session.data_to_send`), a close decision
+(:attr:`Session.close_reason`: flush what is queued, then close) and events for the server
+(:meth:`Session.take_events`: ban points, limit hits, weights for the histogram). It talks to the
+pool only through :class:`JobSource` (``PoolService`` in production), so it is tested without
+sockets, threads or trio.
+
+Wire rules the real clients depend on (cpuminer, ccminer and cgminer Hathor forks, the node's own
+StratumClient):
+
+- the reply to ``subscribe`` is the very next line the rig receives (cpuminer and ccminer read
+  exactly one line and give up otherwise), jobs only after it;
+- a reply's ``id`` is the request's ``id`` untouched (ccminer ``strcmp``s the string id of its
+  subscribe, cgminer matches integer ids of its submits);
+- ``weight`` is always a JSON float: jansson's ``json_real_value`` reads an integer as 0 and the C
+  miners then drop the job; it is also never 0 for the same reason;
+- a fresh job at least every ``job_interval`` seconds (cpuminer reconnects after 300 s of
+  silence and its threads stop mining work older than 600 s).
+
+Payout: in ``pool`` mode jobs pay the pool's address and the rig's address (when it gives one) and
+worker name are kept for accounting; in ``solo`` mode jobs pay the rig's own address, given in the
+subscribe params or as the authorize user (``ADDRESS`` or ``ADDRESS.worker``); without one the rig
+gets error 22 and is closed. An address of another network is always error 22 and a close.
+A non-address authorize user in pool mode simply names the worker.
+
+Share replies: accepted -> "ok"; invalid solution -> 30 with the hash and the job's target; stale
+(job built on an old tip, or evicted from the history) -> 31; unknown job -> 32; duplicate -> 34;
+a nonce that does not fit in nonce_size (16 bytes) -> 30 with a message saying so (the rig keeps
+its connection: it is a bad share, not a protocol violation); a nonce or job_id that is not hex at
+all, or missing params -> -32602 Invalid params, which closes the connection like every JSON-RPC
+error at or below -32600.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections import Counter, OrderedDict
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from hashing.header import NONCE_SIZE
+from hashing.pow import work_of
+from miningproxy.hathor.addresses import Address, AddressError, decode_address
+from miningproxy.hathor.networks import Network
+from miningproxy.pool.hashrate import HashrateMeter
+from miningproxy.pool.jobs import Generation, Job
+from miningproxy.pool.shares import ShareResult
+from miningproxy.pool.stats import MinerId
+from miningproxy.stratum import messages as m
+from miningproxy.stratum.framing import FramerEvent, Line, LineTooLong, NotUtf8
+from miningproxy.stratum.settings import StratumSettings
+from miningproxy.stratum.vardiff import Vardiff
+
+DEFAULT_WORKER = "default"
+MAX_WORKER_NAME = 64
+EXPIRED_HISTORY = 64  # job ids evicted from the history that are still answered "stale"
+VERSION_TIMEOUT = 60.0  # seconds to wait for a client.get_version answer
+SHUTDOWN_MESSAGE = "Pool is shutting down, please reconnect shortly"
+
+_JOB_ID = re.compile(r"[0-9a-fA-F]{32}")
+_HEX = re.compile(r"[0-9a-fA-F]+")
+_WORKER_UNSAFE = re.compile(r"[^\x21-\x7e]")
+
+
+class JobSource(Protocol):
+    """What a session needs from the pool (``PoolService`` has exactly this)."""
+
+    @property
+    def generation(self) -> Generation | None: ...
+
+    def new_job(
+        self, *, payout_script: bytes | None = None, share_weight: float = 0.0, clean: bool = False
+    ) -> Job: ...
+
+    def submit_share(
+        self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None
+    ) -> ShareResult: ...
+
+
+# --- events for the server -------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Penalty:
+    points: float
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class LimitHit:
+    limit: str
+    detail: str
+
+
+@dataclass(frozen=True, slots=True)
+class WeightUsed:
+    weight: float  # a job went out at a share weight different from the previous job's
+
+
+@dataclass(frozen=True, slots=True)
+class ShareRejected:
+    reason: str  # a share the pool never saw (unknown or expired job): the pool did not count it
+
+
+SessionEvent = Penalty | LimitHit | WeightUsed | ShareRejected
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
+def parse_nonce(raw: Any) -> int | None:
+    """A submitted nonce as an integer: big-endian hex with or without 0x (an integer is taken
+    as is). None when it is not a nonce at all; overflow is left to the share check."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw if raw >= 0 else None
+    if not isinstance(raw, str):
+        return None
+    text = raw.strip()
+    if text[:2] in ("0x", "0X"):
+        text = text[2:]
+    if not _HEX.fullmatch(text):
+        return None
+    return int(text, 16)
+
+
+def worker_name(text: str) -> str:
+    name = _WORKER_UNSAFE.sub("_", text.strip())[:MAX_WORKER_NAME]
+    return name or DEFAULT_WORKER
+
+
+class Session:
+    def __init__(
+        self,
+        pool: JobSource,
+        settings: StratumSettings,
+        network: Network | None,
+        *,
+        payout_mode: str = "pool",
+        peer: str = "",
+        now: float = 0.0,
+    ) -> None:
+        if payout_mode not in ("pool", "solo"):
+            raise ValueError(f"payout_mode must be 'pool' or 'solo', got {payout_mode!r}")
+        self.pool = pool
+        self.settings = settings
+        self.network = network  # None until the upstream's network is known: "node syncing" till then
+        self.solo = payout_mode == "solo"
+        self.peer = peer
+        self.connected_at = now
+        self.subscribed = False
+        self.shutting_down = False
+        self.close_reason: str | None = None
+        self.address: Address | None = None
+        self.worker = DEFAULT_WORKER
+        self._miner: MinerId | None = None  # cached: base58 costs a SHA-256 per share otherwise
+        self.user_agent: str | None = None
+        self.client_version: str | None = None
+        self.version_rtt: float | None = None
+        self.vardiff = Vardiff(settings.vardiff, now)
+        self.meter = HashrateMeter()
+        self.accepted = 0
+        self.rejected: Counter[str] = Counter()
+        self.blocks = 0
+        self.last_share_at: float | None = None
+        self._jobs: OrderedDict[str, tuple[Job, float]] = OrderedDict()  # job id -> (job, sent at)
+        self._expired: OrderedDict[str, None] = OrderedDict()
+        self._current: Job | None = None
+        self._last_job_at = now
+        self._last_weight: float | None = None
+        self._awaiting_address_until: float | None = None
+        self._outbox: list[tuple[bool, bytes]] = []  # (is a job, encoded line)
+        self._outbox_bytes = 0
+        self._events: list[SessionEvent] = []
+        self._seq = 0  # ids of our requests: jobs "0", "1", ...; get_version an integer
+        self.jobs_queued = 0  # jobs queued so far (the newest unsent one replaces older unsent ones)
+        self.last_job_taken = 0  # jobs_queued as of the last data_to_send() that carried a job
+        self._pending_version: dict[int, float] = {}
+        self._version_asked = False
+        self._handlers = {
+            "subscribe": self._subscribe,
+            "mining.subscribe": self._subscribe,
+            "login": self._subscribe,
+            "authorize": self._authorize,
+            "mining.authorize": self._authorize,
+            "submit": self._submit,
+            "mining.submit": self._submit,
+            "configure": self._configure,
+            "mining.configure": self._configure,
+            "multi_version": self._true,
+            "mining.multi_version": self._true,
+            "mining.extranonce.subscribe": self._true,
+            "mining.suggest_difficulty": self._true,  # cgminer may send it; the weight is ours to pick
+            "mining.suggest_target": self._true,
+            "mining.ping": self._pong,
+        }
+        self.supported_methods = sorted(self._handlers)
+
+    # --- identity and state --------------------------------------------------------------------
+
+    @property
+    def miner(self) -> MinerId:
+        """Who the shares are credited to (the address is kept in pool mode too, for accounting)."""
+        if self._miner is None or self._miner.worker != self.worker:
+            self._miner = MinerId(self.address.base58 if self.address else "", self.worker)
+        return self._miner
+
+    @property
+    def current_job(self) -> Job | None:
+        return self._current
+
+    @property
+    def waiting_for_address(self) -> bool:
+        return self._awaiting_address_until is not None
+
+    def hashrate(self, now: float) -> float:
+        return self.meter.rate(now)
+
+    def status(self, now: float) -> dict[str, Any]:
+        return {
+            "peer": self.peer,
+            "address": self.address.base58 if self.address else None,
+            "worker": self.worker,
+            "subscribed": self.subscribed,
+            "weight": self.vardiff.weight,
+            "job_weight": self._current.share_weight if self._current else None,
+            "hashrate": self.meter.rate(now),
+            "accepted": self.accepted,
+            "rejected": dict(self.rejected),
+            "blocks": self.blocks,
+            "connected_for": now - self.connected_at,
+            "last_share_at": self.last_share_at,
+            "user_agent": self.user_agent,
+            "version": self.client_version,
+            "version_rtt": self.version_rtt,
+        }
+
+    # --- outputs -------------------------------------------------------------------------------
+
+    def data_to_send(self) -> bytes:
+        """Everything queued for the rig, in order; empties the queue."""
+        if not self._outbox:
+            return b""
+        if any(job for job, _ in self._outbox):
+            self.last_job_taken = self.jobs_queued  # the newest job is always the one queued
+        data = b"".join(line for _, line in self._outbox)
+        self._outbox.clear()
+        self._outbox_bytes = 0
+        return data
+
+    @property
+    def has_output(self) -> bool:
+        return bool(self._outbox)
+
+    def take_events(self) -> list[SessionEvent]:
+        events, self._events = self._events, []
+        return events
+
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` next has something to do."""
+        if self.close_reason is not None:
+            return None
+        due: list[float] = []
+        if not self.subscribed:
+            due.append(self.connected_at + self.settings.subscribe_timeout)
+        if self._awaiting_address_until is not None:
+            due.append(self._awaiting_address_until)
+        if self._current is not None and not self.shutting_down:
+            due.append(self._last_job_at + self.settings.job_interval)
+            check = self.vardiff.next_check()
+            if check is not None:
+                due.append(check)
+        if self._pending_version:
+            due.append(min(self._pending_version.values()) + VERSION_TIMEOUT)
+        return min(due) if due else None
+
+    def close(self, reason: str) -> None:
+        """Decide to close: what is queued is still flushed, nothing else happens."""
+        if self.close_reason is None:
+            self.close_reason = reason
+
+    # --- inputs --------------------------------------------------------------------------------
+
+    def receive(self, event: FramerEvent, now: float) -> None:
+        if isinstance(event, Line):
+            self.receive_line(event.text, now)
+        elif isinstance(event, LineTooLong):
+            if self.close_reason is None:
+                limit = self.settings.max_line
+                self._events.append(LimitHit("max_line", f"line of more than {limit} bytes"))
+                self._penalize(self.settings.ban.garbage, "oversized line")
+                self._error(None, m.INVALID_REQUEST, {"message": f"line longer than {limit} bytes"})
+        elif isinstance(event, NotUtf8):
+            if self.close_reason is None:
+                self._penalize(self.settings.ban.garbage, "invalid UTF-8")
+                self._error(None, m.PARSE_ERROR, {"message": "line is not valid UTF-8"})
+
+    def receive_line(self, text: str, now: float) -> None:
+        if self.close_reason is not None:
+            return
+        try:
+            message = json.loads(text, parse_constant=_no_constant)
+        except (ValueError, RecursionError):
+            self._penalize(self.settings.ban.garbage, "not JSON")
+            self._error(None, m.PARSE_ERROR, {"message": text[:200]})
+            return
+        if not isinstance(message, dict):
+            self._penalize(self.settings.ban.garbage, "not a JSON object")
+            self._error(None, m.INVALID_REQUEST, {"message": "expected a JSON object"})
+            return
+        msgid = message.get("id")
+        if isinstance(msgid, float) and not math.isfinite(msgid):
+            msgid = None  # 1e999 parses as infinity, which JSON cannot carry back
+        if "method" in message:
+            method = message["method"]
+            handler = self._handlers.get(method) if isinstance(method, str) else None
+            if handler is not None:
+                handler(message.get("params"), msgid, now)
+            elif not isinstance(method, str):
+                self._penalize(self.settings.ban.garbage, "method is not a string")
+                self._error(msgid, m.INVALID_REQUEST, {"message": "method must be a string"})
+            else:
+                self._error(
+                    msgid, m.METHOD_NOT_FOUND, {"method": method, "supported_methods": self.supported_methods}
+                )
+        elif "result" in message or "error" in message:
+            self._response(message, now)
+        else:
+            self._penalize(self.settings.ban.garbage, "not a request")
+            self._error(msgid, m.INVALID_REQUEST, {"message": "not a request, result or error"})
+
+    def new_work(self, clean: bool, now: float) -> bool:
+        """The pool has new work (a new template, or a refresh): queue a new job; True if it did."""
+        if not self.mining:
+            return False
+        queued = self.jobs_queued
+        self._send_job(now, clean=clean)
+        return self.jobs_queued != queued
+
+    def tick(self, now: float) -> None:
+        if self.close_reason is not None:
+            return
+        if not self.subscribed and now >= self.connected_at + self.settings.subscribe_timeout:
+            self._events.append(
+                LimitHit("subscribe_timeout", f"no subscribe in {self.settings.subscribe_timeout:g}s")
+            )
+            self.close("subscribe timeout")
+            return
+        if self._awaiting_address_until is not None and now >= self._awaiting_address_until:
+            self._error(m.NO_ID, m.INVALID_ADDRESS, {"message": self._no_address_message()})
+            self.close("solo mode without a payout address")
+            return
+        if self.mining:
+            if self.vardiff.tick(now) is not None or now >= self._last_job_at + self.settings.job_interval:
+                self._send_job(now, clean=False)
+        for msgid, sent_at in list(self._pending_version.items()):
+            if now >= sent_at + VERSION_TIMEOUT:
+                del self._pending_version[msgid]
+
+    def begin_shutdown(self, now: float, message: str = SHUTDOWN_MESSAGE) -> None:
+        """Tell the rig we are going away; keep answering what is already on the wire."""
+        if self.close_reason is not None or self.shutting_down:
+            return
+        self.shutting_down = True
+        self._push(m.request(None, "client.show_message", [message]))
+        self._push(m.request(None, "client.reconnect", []))
+
+    # --- methods -------------------------------------------------------------------------------
+
+    @property
+    def mining(self) -> bool:
+        """Subscribed, with a payout settled, and neither closing nor shutting down: gets jobs."""
+        return (
+            self.subscribed
+            and self._awaiting_address_until is None
+            and self.close_reason is None
+            and not self.shutting_down
+        )
+
+    def _subscribe(self, params: Any, msgid: Any, now: float) -> None:
+        if self.shutting_down:
+            self._error(msgid, m.SHUTTING_DOWN)
+            return
+        if self.pool.generation is None or self.network is None:
+            self._error(msgid, m.NODE_SYNCING)
+            return
+        if isinstance(params, dict):
+            agent = params.get("agent")
+            if isinstance(agent, str):
+                self.user_agent = agent[:128]
+            address = params.get("address")
+            if isinstance(address, str) and not address.strip():
+                address = None  # an empty address is no address (ccminer without one may send "")
+            login = params.get("login")
+            if address is not None:
+                if not self._set_address(address, msgid):
+                    return
+            elif isinstance(login, str) and login.strip() and not self._identify(login.strip(), msgid):
+                return  # a login-style subscribe: {"login": "ADDRESS.worker", "pass": ...}
+        elif isinstance(params, list) and params and isinstance(params[0], str):
+            self.user_agent = params[0][:128]  # the usual ["agent/1.0", session] of Bitcoin Stratum
+        self.subscribed = True
+        self._reply(msgid, "ok")
+        if self.solo and self.address is None:
+            self._awaiting_address_until = now + self.settings.authorize_timeout
+            return
+        self._start_mining(now)
+
+    def _authorize(self, params: Any, msgid: Any, now: float) -> None:
+        user: Any = None
+        if isinstance(params, list) and params:
+            user = params[0]
+        elif isinstance(params, dict):
+            user = params.get("user") or params.get("username") or params.get("login")
+        payout_before = self.address
+        if self.network is None:
+            self._error(msgid, m.NODE_SYNCING)  # addresses cannot be checked yet
+            return
+        if isinstance(user, str) and user.strip():
+            if not self._identify(user.strip(), msgid):
+                return
+        elif self.solo and self.address is None:
+            self._error(msgid, m.INVALID_ADDRESS, {"message": self._no_address_message()})
+            self.close("solo mode without a payout address")
+            return
+        self._reply(msgid, "ok")
+        if self._awaiting_address_until is not None and self.address is not None:
+            self._start_mining(now)
+        elif self.solo and self.mining and self.address != payout_before:
+            self._send_job(now, clean=True)  # the payout changed: old jobs pay someone else
+
+    def _submit(self, params: Any, msgid: Any, now: float) -> None:
+        if self.pool.generation is None:
+            self._error(msgid, m.NODE_SYNCING)
+            return
+        job_id: Any = None
+        raw_nonce: Any = None
+        if isinstance(params, dict):
+            job_id, raw_nonce = params.get("job_id"), params.get("nonce")
+        elif isinstance(params, list) and len(params) >= 2:
+            job_id, raw_nonce = (params[0], params[1]) if len(params) == 2 else (params[1], params[2])
+        if job_id is None or raw_nonce is None:
+            self._penalize(self.settings.ban.garbage, "malformed submit")
+            self._error(msgid, m.INVALID_PARAMS, {"params": params, "required": ["job_id", "nonce"]})
+            return
+        if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
+            self._penalize(self.settings.ban.garbage, "malformed job id")
+            self._error(
+                msgid, m.INVALID_PARAMS, {"job_id": job_id, "message": "job_id must be 32 hex characters"}
+            )
+            return
+        nonce = parse_nonce(raw_nonce)
+        if nonce is None:
+            self._penalize(self.settings.ban.garbage, "malformed nonce")
+            self._error(
+                msgid,
+                m.INVALID_PARAMS,
+                {"nonce": raw_nonce, "message": "nonce must be a big-endian hex string"},
+            )
+            return
+        job_id = job_id.lower()
+        entry = self._jobs.get(job_id)
+        if entry is None:
+            if job_id in self._expired:
+                self._reject("stale", msgid, self._stale_data(job_id))
+            else:
+                self._penalize(self.settings.ban.invalid_share, "unknown job")
+                self._reject("job-not-found", msgid, self._stale_data(job_id))
+            return
+        job, sent_at = entry
+        outcome = self.pool.submit_share(self.miner, job, nonce, arrived_at=now)
+        if outcome.accepted:
+            self._accepted(job, sent_at, outcome, msgid, now)
+            return
+        self.rejected[outcome.reason] += 1
+        if outcome.reason == "stale":
+            self._error(msgid, m.STALE_JOB, self._stale_data(job_id))
+        elif outcome.reason == "duplicate":
+            self._penalize(self.settings.ban.invalid_share, "duplicate share")
+            self._error(msgid, m.DUPLICATE_SOLUTION, {"job_id": job_id, "nonce": raw_nonce})
+        elif outcome.reason == "bad-nonce":
+            self._penalize(self.settings.ban.invalid_share, "nonce overflow")
+            self._error(
+                msgid,
+                m.INVALID_SOLUTION,
+                {
+                    "message": f"nonce does not fit in nonce_size ({NONCE_SIZE} bytes)",
+                    "nonce_size": NONCE_SIZE,
+                },
+            )
+        else:
+            self._penalize(self.settings.ban.invalid_share, "invalid solution")
+            self._error(
+                msgid,
+                m.INVALID_SOLUTION,
+                {"hash": (outcome.hash or b"").hex(), "target": job.share_target.hex()},
+            )
+
+    def _accepted(self, job: Job, sent_at: float, outcome: ShareResult, msgid: Any, now: float) -> None:
+        self.accepted += 1
+        self.last_share_at = now
+        self.meter.add(now, work_of(job.share_weight))
+        if outcome.is_block:
+            self.blocks += 1
+        self._reply(msgid, "ok")
+        if self.vardiff.share(job.share_weight, sent_at, now) is not None and self.mining:
+            self._send_job(now, clean=False)  # a retarget changes the next job only
+
+    def _configure(self, params: Any, msgid: Any, now: float) -> None:
+        # Stratum extensions (version rolling and friends) make no sense for Hathor headers.
+        names = params[0] if isinstance(params, list) and params and isinstance(params[0], list) else []
+        self._reply(msgid, {name: False for name in names if isinstance(name, str)})
+
+    def _true(self, params: Any, msgid: Any, now: float) -> None:
+        self._reply(msgid, True)
+
+    def _pong(self, params: Any, msgid: Any, now: float) -> None:
+        self._reply(msgid, "pong")
+
+    def _response(self, message: dict[str, Any], now: float) -> None:
+        """An answer to one of our requests: only client.get_version's is of interest."""
+        msgid = message.get("id")
+        if isinstance(msgid, str) and msgid.isdigit():
+            msgid = int(msgid)
+        if isinstance(msgid, int) and not isinstance(msgid, bool) and msgid in self._pending_version:
+            sent_at = self._pending_version.pop(msgid)
+            self.version_rtt = now - sent_at
+            answer = message.get("result")
+            if isinstance(answer, str):
+                self.client_version = answer[:128]
+
+    # --- helpers -------------------------------------------------------------------------------
+
+    def _start_mining(self, now: float) -> None:
+        self._awaiting_address_until = None
+        self._send_job(now, clean=True)
+        if self.settings.get_version and not self._version_asked:
+            self._version_asked = True
+            msgid = self._next_id()
+            self._pending_version[msgid] = now
+            self._push(m.request(msgid, "client.get_version", []))
+
+    def _set_address(self, raw: Any, msgid: Any) -> bool:
+        if not isinstance(raw, str):
+            return self._bad_address(msgid, "address must be a string")
+        try:
+            self.address = decode_address(raw.strip(), self.network)
+        except AddressError as exc:
+            return self._bad_address(msgid, str(exc))
+        self._miner = None
+        return True
+
+    def _identify(self, user: str, msgid: Any) -> bool:
+        """``ADDRESS``, ``ADDRESS.worker`` or (pool mode, or an address given before) a worker name."""
+        head, dot, worker = user.partition(".")
+        try:
+            address = decode_address(head, self.network)
+        except AddressError as exc:
+            if _is_address_elsewhere(head):
+                return self._bad_address(msgid, str(exc))
+            if self.solo and self.address is None:
+                return self._bad_address(msgid, f"{exc}; {self._no_address_message()}")
+            self.worker = worker_name(user)
+            return True
+        self.address = address
+        self._miner = None
+        if dot and worker.strip():
+            self.worker = worker_name(worker)
+        return True
+
+    def _bad_address(self, msgid: Any, message: str) -> bool:
+        self._error(msgid, m.INVALID_ADDRESS, {"message": message})
+        self.close("invalid address")
+        return False
+
+    def _no_address_message(self) -> str:
+        return (
+            f"solo mining pays each rig: give a {self.network.name if self.network else 'Hathor'} address in the subscribe params "
+            f"or as the authorize user (ADDRESS or ADDRESS.worker)"
+        )
+
+    def _send_job(self, now: float, *, clean: bool) -> None:
+        try:
+            job = self.pool.new_job(
+                payout_script=self.address.script if self.solo and self.address else None,
+                share_weight=self.vardiff.weight,
+                clean=clean,
+            )
+        except LookupError:
+            return  # no template (cannot happen once subscribed; the pool never forgets its template)
+        self.vardiff.ceiling = job.block_weight
+        self.vardiff.job_sent(job.share_weight, now)
+        self._jobs[job.job_id] = (job, now)
+        while len(self._jobs) > self.settings.job_history:
+            old, _ = self._jobs.popitem(last=False)
+            self._expired[old] = None
+            while len(self._expired) > EXPIRED_HISTORY:
+                self._expired.popitem(last=False)
+        self._current = job
+        self._last_job_at = now
+        if job.share_weight != self._last_weight:
+            self._last_weight = job.share_weight
+            self._events.append(WeightUsed(job.share_weight))
+        params = {
+            "data": job.header.hex(),
+            "job_id": job.job_id,
+            "nonce_size": NONCE_SIZE,
+            "weight": float(job.share_weight),
+            "clean": clean,
+            "parent_hash": job.parent_hash,
+        }
+        self.jobs_queued += 1
+        self._push(m.request(str(self._next_id()), "job", params), job=True)
+
+    def _stale_data(self, job_id: str) -> dict[str, Any]:
+        return {"current_job": self._current.job_id if self._current else None, "job_id": job_id}
+
+    def _reject(self, reason: str, msgid: Any, data: dict[str, Any]) -> None:
+        """A share the pool never sees (its job is unknown here): answered and counted by us."""
+        self.rejected[reason] += 1
+        self._events.append(ShareRejected(reason))
+        self._error(msgid, m.STALE_JOB if reason == "stale" else m.JOB_NOT_FOUND, data)
+
+    def _next_id(self) -> int:
+        msgid = self._seq
+        self._seq += 1
+        return msgid
+
+    def _penalize(self, points: float, reason: str) -> None:
+        if points > 0:
+            self._events.append(Penalty(points, reason))
+
+    def _reply(self, msgid: Any, value: Any) -> None:
+        self._push(m.result(msgid, value))
+
+    def _error(self, msgid: Any, err: tuple[int, str], data: Any = None) -> None:
+        self._push(m.error(msgid, err, data))
+        if m.is_fatal(err):
+            self.close(f"JSON-RPC error {err[0]} ({err[1]})")
+
+    def _push(self, message: dict[str, Any], *, job: bool = False) -> None:
+        line = m.encode(message)
+        if job and self._outbox:
+            # Latest-job semantics: a job the rig has not even received yet is dropped for the newer one.
+            kept = [entry for entry in self._outbox if not entry[0]]
+            if len(kept) != len(self._outbox):
+                self._outbox = kept
+                self._outbox_bytes = sum(len(entry[1]) for entry in kept)
+        self._outbox.append((job, line))
+        self._outbox_bytes += len(line)
+        if self._outbox_bytes > self.settings.max_outbox:
+            self._events.append(
+                LimitHit("max_outbox", f"{self._outbox_bytes} bytes queued for a rig that does not read")
+            )
+            self._outbox.clear()
+            self._outbox_bytes = 0
+            self.close("slow consumer")
+
+
+def _is_address_elsewhere(text: str) -> bool:
+    """A valid address, but of a network other than ours."""
+    try:
+        decode_address(text)
+    except AddressError:
+        return False
+    return True

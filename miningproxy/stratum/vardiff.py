@@ -1,0 +1,172 @@
+"""Variable share weight ("vardiff") for one connection. Pure: time comes in as explicit ``now`` values.
+
+Shares of a rig with hashrate H mining at weight w form a Poisson process of rate H / 2**w. Over a
+window in which the rig held jobs of changing weights, the rate's maximum-likelihood estimate is
+``n / E`` with ``E = sum(dt / 2**w)`` (the "exposure": time weighted by each job's odds), and the
+weight that makes shares arrive every ``target_interval`` seconds is ``log2(H * target_interval)``.
+
+- Right after connecting (``ramp_time``) the controller retargets after every few shares, so a rig
+  a billion times faster than the initial weight assumes is tamed within a handful of shares.
+- Later it retargets after ``retarget_shares`` shares or ``retarget_time`` seconds.
+- With no share at all, the exposure still bounds the hashrate from above (as if one share were just
+  about to arrive), so a slow or idle rig is lowered step by step (about one weight unit per
+  interval) down to ``min_weight``; it is never disconnected for being idle.
+- Shares of jobs sent before the last weight change do not count: they say nothing about the new
+  weight, and a fast rig still working through an old easy job would otherwise look even faster.
+- The weight never exceeds the block weight (``ceiling``): such shares are blocks already; when
+  blocks get heavier again, the next retarget raises the weight.
+"""
+
+from __future__ import annotations
+
+import math
+
+from miningproxy.stratum.settings import VardiffSettings
+
+MIN_SPAN = 1e-3  # seconds: the shortest window an estimate is divided by
+RAMP_MIN_CHANGE = 0.25  # while ramping, corrections smaller than this are noise
+IDLE_MIN_CHANGE = 0.1
+IDLE_STEP = 1.0  # the most one idle check lowers the weight: a long gap in a healthy rig's shares is rare, not damning
+
+
+class Vardiff:
+    __slots__ = (
+        "settings", "connected_at", "ceiling", "retargets", "last_share_at",
+        "_weight", "_changed_at", "_start", "_shares", "_total", "_total_at", "_window_mark",
+        "_gap_mark", "_last_counted", "_effective", "_next_idle_check",
+    )  # fmt: skip
+
+    def __init__(self, settings: VardiffSettings, now: float, *, ceiling: float = math.inf) -> None:
+        self.settings = settings
+        self.connected_at = now
+        self.ceiling = ceiling
+        self.retargets = 0
+        self.last_share_at: float | None = None
+        self._weight = self._clamp(settings.initial_weight)
+        self._changed_at = now  # shares of jobs sent before this do not count
+        self._start = now  # the window: shares counted since, and the exposure at its start
+        self._shares = 0
+        self._total = 0.0  # exposure since the first job, never reset
+        self._total_at = now
+        self._window_mark = 0.0
+        self._gap_mark = 0.0  # the exposure at the last counted share (or the first job)
+        self._last_counted = now
+        self._effective: float | None = None  # weight of the job the rig holds; None before the first job
+        self._next_idle_check = now
+
+    @property
+    def weight(self) -> float:
+        """The weight for the next job."""
+        return min(self._weight, self.ceiling)
+
+    def ramping(self, now: float) -> bool:
+        return now - self.connected_at < self.settings.ramp_time
+
+    # --- inputs --------------------------------------------------------------------------------
+
+    def job_sent(self, weight: float, now: float) -> None:
+        """The rig was handed a job of ``weight`` (the weight actually sent, after the block cap)."""
+        if self._effective is None:  # nothing to mine before the first job
+            self._start = self._total_at = self._last_counted = self._next_idle_check = now
+        else:
+            self._integrate(now)
+        self._effective = weight
+
+    def share(self, job_weight: float, job_sent_at: float, now: float) -> float | None:
+        """An accepted share of a job of ``job_weight`` sent at ``job_sent_at``; returns a new weight
+        when this share completes a retarget that changed it."""
+        self.last_share_at = now
+        if job_sent_at < self._changed_at or self._effective is None:
+            return None
+        self._shares += 1
+        self._integrate(now)
+        self._last_counted = now
+        self._gap_mark = self._total
+        return self._evaluate(now)
+
+    def tick(self, now: float) -> float | None:
+        """Time passed; returns a new weight when the rig turned out slower (or idle)."""
+        return self._evaluate(now)
+
+    def next_check(self) -> float | None:
+        """When :meth:`tick` may next have something to do (None before the first job)."""
+        if self._effective is None:
+            return None
+        idle = self._idle_due()
+        if self._shares:
+            return min(self._start + self.settings.retarget_time, idle)
+        return idle
+
+    # --- the controller ------------------------------------------------------------------------
+
+    def _integrate(self, now: float) -> None:
+        if self._effective is not None and now > self._total_at:
+            self._total += (now - self._total_at) / 2.0**self._effective
+        self._total_at = max(self._total_at, now)
+
+    def _exposure_since(self, mark: float, now: float) -> float:
+        assert self._effective is not None
+        exposure = self._total - mark + max(0.0, now - self._total_at) / 2.0**self._effective
+        return max(exposure, MIN_SPAN / 2.0**self._effective)
+
+    def _idle_due(self) -> float:
+        """When silence since the last counted share (or the first job) becomes suspicious:
+        ``idle_after`` seconds, or two intervals while the ramp is still on; then every interval."""
+        s = self.settings
+        ramp_end = self.connected_at + s.ramp_time
+        due = self._last_counted + min(s.idle_after, 2 * s.target_interval)
+        if due >= ramp_end:
+            due = max(self._last_counted + s.idle_after, ramp_end)
+        return max(due, self._next_idle_check)
+
+    def _evaluate(self, now: float) -> float | None:
+        if self._effective is None:
+            return None
+        # A weight above the block's is not kept: the rig mines at the block weight, and idle
+        # decay must start from there (a heavier block later is found by the next retarget).
+        self._weight = min(self._weight, self.ceiling)
+        s = self.settings
+        ramping = self.ramping(now)
+        silent = now >= self._idle_due()
+        if self._shares:
+            need = s.ramp_shares if ramping else s.retarget_shares
+            by_count = self._shares >= need
+            if by_count or now >= self._start + s.retarget_time:
+                # Stopping at the n-th share overestimates the rate by n / (n - 1): correct for it.
+                found = self._shares - 1 if by_count and self._shares > 1 else self._shares
+                target = math.log2(found / self._exposure_since(self._window_mark, now) * s.target_interval)
+                self._integrate(now)
+                self._start = now
+                self._window_mark = self._total
+                self._shares = 0
+                if silent:
+                    target = min(target, self._weight)  # old shares of a rig gone quiet never raise it
+                return self._set(target, now, RAMP_MIN_CHANGE if ramping else s.min_change)
+        if not silent:
+            return None
+        # Silence: as if a share were found right now, the rate is at most 1 / (exposure since the
+        # last share). Idle checks only ever lower the weight, by at most IDLE_STEP, an interval apart.
+        self._next_idle_check = now + s.target_interval
+        silence = self._exposure_since(self._gap_mark, now)
+        target = max(math.log2(s.target_interval / silence), self._weight - IDLE_STEP)
+        if target >= self._weight:
+            return None
+        return self._set(target, now, IDLE_MIN_CHANGE)
+
+    def _set(self, target: float, now: float, min_change: float) -> float | None:
+        target = self._clamp(target)
+        if abs(target - self._weight) < min_change:
+            return None
+        before = self.weight
+        self._weight = target
+        if self.weight == before:
+            return None  # both above the block weight: nothing changes for the rig
+        self._changed_at = now
+        self.retargets += 1
+        return self.weight
+
+    def _clamp(self, weight: float) -> float:
+        s = self.settings
+        if math.isnan(weight):
+            return self._weight
+        return max(s.min_weight, min(s.max_weight, weight))

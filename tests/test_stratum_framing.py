@@ -1,0 +1,137 @@
+"""Line framing (max line length, CRLF, invalid UTF-8), ban scores and settings checks."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from miningproxy.stratum.ban import BanList, is_loopback
+from miningproxy.stratum.framing import Line, LineFramer, LineTooLong, NotUtf8
+from miningproxy.stratum.settings import BanSettings, SettingsError, StratumSettings
+
+
+def feed_all(framer: LineFramer, chunks: list[bytes]) -> list:
+    return [event for chunk in chunks for event in framer.feed(chunk)]
+
+
+def test_lines_split_on_newline_with_crlf_and_blank_lines_dropped():
+    framer = LineFramer(100)
+    assert framer.feed(b'{"a":1}\r\n\n  \r\n{"b"') == [Line('{"a":1}')]
+    assert framer.feed(b":2}\n") == [Line('{"b":2}')]
+    assert framer.buffered == 0
+
+
+def test_a_line_of_exactly_max_line_bytes_passes_one_more_does_not():
+    framer = LineFramer(10)
+    assert framer.feed(b"x" * 10 + b"\r\n") == [Line("x" * 10)]
+    assert framer.feed(b"y" * 11 + b"\n") == [LineTooLong(11)]
+    assert framer.feed(b"z\n") == []  # broken for good: the connection is being closed
+
+
+def test_an_endless_line_is_caught_without_buffering_it():
+    framer = LineFramer(1000)
+    events = []
+    for _ in range(5):
+        events += framer.feed(b"a" * 400)
+    assert events == [LineTooLong(1200)]
+    assert framer.buffered == 0
+
+
+def test_lines_before_an_oversized_one_are_still_delivered():
+    framer = LineFramer(10)
+    assert framer.feed(b"ok\n" + b"x" * 30 + b"\n") == [Line("ok"), LineTooLong(30)]
+
+
+def test_invalid_utf8_is_reported_and_later_lines_still_come():
+    framer = LineFramer(100)
+    assert framer.feed(b"\xff\xfe{}\nfine\n") == [NotUtf8(b"\xff\xfe{}"), Line("fine")]
+
+
+@given(
+    lines=st.lists(
+        st.text(
+            alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\r\n"),
+            min_size=1,
+            max_size=40,
+        ),
+        max_size=20,
+    ),
+    cuts=st.lists(st.integers(min_value=0, max_value=2000), max_size=10),
+    crlf=st.booleans(),
+)
+def test_any_chunking_gives_the_same_lines(lines, cuts, crlf):
+    data = b"".join(line.encode() + (b"\r\n" if crlf else b"\n") for line in lines)
+    points = sorted({min(c, len(data)) for c in cuts})
+    chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
+    events = feed_all(LineFramer(1000), chunks)
+    assert events == [Line(line) for line in lines if line.strip()]
+
+
+@given(st.binary(max_size=3000), st.integers(min_value=1, max_value=64))
+def test_arbitrary_bytes_never_break_the_framer(data, size):
+    framer = LineFramer(256)
+    for start in range(0, len(data), size):
+        for event in framer.feed(data[start : start + size]):
+            assert isinstance(event, Line | LineTooLong | NotUtf8)
+            if isinstance(event, Line):
+                assert len(event.text.encode()) <= 256
+    assert framer.buffered <= 257
+
+
+# --- ban scores ----------------------------------------------------------------------------------
+
+
+def test_points_drain_over_time_and_a_flood_is_banned():
+    bans = BanList(BanSettings(threshold=10, decay=1.0, duration=60, loopback=True))
+    assert not bans.add("10.0.0.1", 5, now=0.0)
+    assert bans.score("10.0.0.1", 3.0) == pytest.approx(2.0)
+    assert not bans.add("10.0.0.1", 5, now=5.0)  # drained to 0, then 5
+    assert bans.add("10.0.0.1", 6, now=5.0)  # crosses 10: banned
+    assert bans.banned("10.0.0.1", 30.0) and not bans.banned("10.0.0.2", 30.0)
+    assert not bans.banned("10.0.0.1", 65.1)
+
+
+def test_loopback_is_exempt_unless_asked_and_disabled_bans_nothing():
+    assert is_loopback("127.0.0.1") and is_loopback("::1") and is_loopback("::ffff:127.0.0.1")
+    assert not is_loopback("10.1.2.3") and not is_loopback("?")
+    assert not BanList(BanSettings(threshold=1)).add("127.0.0.1", 100, 0.0)
+    assert BanList(BanSettings(threshold=1, loopback=True)).add("127.0.0.1", 100, 0.0)
+    assert not BanList(BanSettings(threshold=1, enabled=False)).add("10.0.0.1", 100, 0.0)
+
+
+def test_tracked_ips_are_bounded():
+    bans = BanList(BanSettings(threshold=100), max_tracked=3)
+    for i in range(10):
+        bans.add(f"10.0.0.{i}", 1, 0.0)
+    assert len(bans._scores) == 3
+
+
+# --- settings ------------------------------------------------------------------------------------
+
+
+def test_default_settings_are_valid():
+    settings = StratumSettings().check()
+    assert settings.max_line == 16384 and settings.job_interval == 30.0 and settings.job_history == 8
+
+
+@pytest.mark.parametrize(
+    "changes, key",
+    [
+        ({"listen": ("127.0.0.1", 70000)}, "stratum.listen"),
+        ({"tls_listen": ("0.0.0.0", 8443)}, "stratum.tls_cert"),
+        ({"tls_listen": ("0.0.0.0", 8443), "tls_cert": "c.pem"}, "stratum.tls_key"),
+        ({"max_line": 10}, "stratum.max_line"),
+        ({"max_per_ip": 0}, "stratum.max_per_ip"),
+        ({"subscribe_timeout": 0}, "stratum.subscribe_timeout"),
+        ({"job_interval": 301}, "stratum.job_interval"),
+        ({"job_history": True}, "stratum.job_history"),
+        ({"ban": BanSettings(threshold=0)}, "stratum.ban.threshold"),
+    ],
+)
+def test_bad_settings_name_their_key(changes, key):
+    with pytest.raises(SettingsError) as info:
+        dataclasses.replace(StratumSettings(), **changes).check()
+    assert info.value.key == key
