@@ -1,31 +1,40 @@
 """Wires the components together and runs them under one nursery.
 
-Start order follows the data flow: (dev node) -> upstream -> pool -> local workers -> HTTP.
+Start order follows the data flow: (dev node) -> upstream -> pool -> admin relay -> local workers
+-> HTTP; the event streams open once the upstream's network is known.
 Shutdown on SIGINT/SIGTERM runs the other way round: stop taking work, let in-flight block
 submissions finish (bounded), then cancel everything; worker processes are reaped on the way out.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import signal
+import ssl
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import trio
 from prometheus_client.core import CounterMetricFamily
 
+from miningproxy.api.admin_ws import ProxyAdmin
 from miningproxy.api.http import HttpRequest, HttpResponse, Router, serve_http
+from miningproxy.api.mining_ws import MiningRelay
+from miningproxy.api.pool_view import PoolView
 from miningproxy.config import Config, ConfigError
+from miningproxy.events.log import IdentityMismatch
+from miningproxy.events.service import EventsService
 from miningproxy.hathor.addresses import AddressError, decode_address
-from miningproxy.hathor.networks import Network, network_for_name
+from miningproxy.hathor.networks import MAINNET, Network, network_for_name
 from miningproxy.metrics import CONTENT_TYPE, Metrics, gauge
 from miningproxy.pool.local_miners import LocalMiners
 from miningproxy.pool.service import PoolService
+from miningproxy.stratum.server import StratumServer
+from miningproxy.upstream.admin import AdminUpstream
 from miningproxy.upstream.mining import MiningUpstream
-from miningproxy.upstream.node_info import NodeInfoError, fetch_network_name
+from miningproxy.upstream.node_info import learn_network
 
 log = logging.getLogger("miningproxy")
 
@@ -41,6 +50,11 @@ class App:
     local: LocalMiners | None
     router: Router
     started_at: float
+    events: EventsService
+    admin: ProxyAdmin | None = None
+    admin_upstream: AdminUpstream | None = None
+    mining_relay: MiningRelay | None = None
+    stratum: StratumServer | None = None
     http_port: int | None = None
     network: Network | None = None  # learned from the upstream's /v1a/version
 
@@ -158,11 +172,88 @@ def build_app(config: Config) -> App:
     )
     local = None
     if config.workers.count > 0:
-        local = LocalMiners(pool, config.workers.count, share_weight=config.workers.share_weight)
-    app = App(config, metrics, upstream, pool, local, Router(), time.time())
+        local = LocalMiners(
+            pool, config.workers.count, share_weight=config.workers.share_weight, address=config.pool.address
+        )
+    ev = config.events
+    Path(ev.database).parent.mkdir(parents=True, exist_ok=True)
+    events = EventsService(
+        database=ev.database,
+        nodes=up.nodes,
+        network=ev.network,
+        synchronous=ev.synchronous,
+        consume_upstream=ev.consume_upstream,
+        upstream_window=ev.upstream_window,
+        retention_count=ev.retention_count,
+        retention_age=ev.retention_age,
+        retention_interval=ev.retention_interval,
+        send_timeout=ev.send_timeout,
+        backoff_initial=up.backoff_initial,
+        backoff_max=up.backoff_max,
+        registry=metrics.registry,
+    )
+    app = App(config, metrics, upstream, pool, local, Router(), time.time(), events)
+    events.mount(app.router)
+    metrics.add_live_gauges(events.gauges)
+    if config.admin_ws.enabled:
+        aw = config.admin_ws
+        app.admin_upstream = AdminUpstream(
+            list(up.nodes),
+            prefer=lambda: upstream.status().connected,
+            backoff_initial=up.backoff_initial,
+            backoff_max=up.backoff_max,
+            max_streams=aw.max_history_streams,
+        )
+        app.admin = ProxyAdmin(
+            app.admin_upstream,
+            network=network_of_address(config.pool.address),
+            pool=PoolView(pool, upstream, started_at=app.started_at),
+            max_subscriptions=aw.max_subscriptions_per_connection,
+            metrics_interval=aw.metrics_interval,
+            address_stats_interval=aw.address_stats_interval,
+            outbox_limit=aw.outbox_limit,
+            send_timeout=aw.send_timeout,
+        )
+        app.admin.mount(app.router)
+    if config.mining_ws.enabled:
+        mw = config.mining_ws
+        app.mining_relay = MiningRelay(
+            upstream,
+            optimistic_wait=mw.optimistic_wait,
+            max_submits=mw.max_submits_per_client,
+            outbox_limit=mw.outbox_limit,
+            send_timeout=mw.send_timeout,
+        )
+        app.mining_relay.mount(app.router)
+    app.stratum = StratumServer(
+        pool,
+        config.stratum,
+        None,  # the network is learned from the upstream; rigs get "node syncing" until then
+        metrics=metrics,
+        payout_mode=config.pool.payout_mode,
+        ssl_context=_stratum_tls(config),
+    )
     metrics.add_live_gauges(app.live_gauges)
     _add_routes(app)
     return app
+
+
+def _stratum_tls(config: Config) -> ssl.SSLContext | None:
+    settings = config.stratum
+    if settings.tls_listen is None:
+        return None
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    try:
+        context.load_cert_chain(settings.tls_cert or "", settings.tls_key or "")
+    except (OSError, ssl.SSLError) as exc:
+        raise ConfigError("stratum.tls_cert", f"cannot load the certificate and key: {exc}") from None
+    return context
+
+
+def network_of_address(address: str) -> Network:
+    """The network an address belongs to, as far as its version byte tells (until the node says)."""
+    version = decode_address(address).version
+    return MAINNET if version in MAINNET.versions else network_for_name("testnet")
 
 
 def _add_routes(app: App) -> None:
@@ -176,9 +267,14 @@ def _add_routes(app: App) -> None:
     async def blocks(request: HttpRequest) -> HttpResponse:
         return HttpResponse.json({"blocks": [b.to_json() for b in reversed(app.pool.blocks)]})
 
+    async def miners(request: HttpRequest) -> HttpResponse:
+        rigs = app.stratum.rigs() if app.stratum is not None else []
+        return HttpResponse.json({"miners": rigs})
+
     app.router.http("/metrics", metrics_page)
     app.router.http("/health", health)
     app.router.http("/pool/blocks", blocks)
+    app.router.http("/pool/miners", miners)
 
 
 async def run_app(config: Config, *, task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED) -> None:
@@ -187,8 +283,13 @@ async def run_app(config: Config, *, task_status: trio.TaskStatus[App] = trio.TA
         if config.devnode.enabled:
             await _start_devnode(nursery, config)
         await nursery.start(app.upstream.run)
-        nursery.start_soon(_learn_network, app)
         await nursery.start(app.pool.run)
+        if app.admin_upstream is not None and app.admin is not None:
+            await nursery.start(app.admin_upstream.run)
+            await nursery.start(app.admin.run)
+        nursery.start_soon(_network_then_events, app, nursery)
+        if app.stratum is not None:
+            await nursery.start(app.stratum.run)
         work = trio.CancelScope()
 
         async def workers_and_http(task_status=trio.TASK_STATUS_IGNORED) -> None:
@@ -207,32 +308,44 @@ async def run_app(config: Config, *, task_status: trio.TaskStatus[App] = trio.TA
         task_status.started(app)
         await _wait_for_signal()
         log.info("shutting down: stopping workers and listeners")
+        if app.stratum is not None:
+            await app.stratum.shutdown()  # stop accepting, tell rigs to reconnect, finish their submits
         work.cancel()
         await app.pool.drain(SHUTDOWN_GRACE)
+        if app.pool.events is not None:
+            with trio.move_on_after(SHUTDOWN_GRACE):
+                await app.pool.events.flush()  # what rigs were told is already on disk; the rest too
         nursery.cancel_scope.cancel()
     log.info("stopped")
 
 
-async def _learn_network(app: App) -> None:
-    """Ask the nodes which network they run; refuse a pool address of another network."""
-    delay = 1.0
-    while app.network is None:
-        for url in app.config.upstream.nodes:
-            try:
-                name = await fetch_network_name(url)
-            except NodeInfoError as exc:
-                log.debug("network of %s not known yet: %s", url, exc)
-                continue
-            app.network = network_for_name(name)
-            log.info("upstream network: %s", name)
-            break
-        else:
-            await trio.sleep(delay)
-            delay = min(delay * 2, 60.0)
+async def _network_then_events(app: App, nursery: trio.Nursery) -> None:
+    """Learn the upstream's network, refuse a pool address of another network, then open the
+    event streams (the pool's record is tagged with the network)."""
+    up = app.config.upstream
+    name = await learn_network(
+        up.nodes, backoff_initial=up.backoff_initial, backoff_max=max(up.backoff_max, 1.0)
+    )
+    app.network = network_for_name(name)
+    log.info("upstream network: %s", name)
     try:
         decode_address(app.config.pool.address, app.network)
     except AddressError as exc:
-        raise ConfigError("pool.address", f"{exc}; the upstream node runs {app.network.name!r}") from None
+        raise ConfigError("pool.address", f"{exc}; the upstream node runs {name!r}") from None
+    if app.admin is not None:
+        app.admin.network = app.network
+    if app.stratum is not None:
+        app.stratum.set_network(app.network)
+    if app.events.network is None:
+        app.events.network = name
+    try:
+        await nursery.start(app.events.run)
+    except IdentityMismatch as exc:
+        raise ConfigError(
+            "events.database",
+            f"{app.config.events.database} holds another stream ({exc}); point events.database at a new file",
+        ) from None
+    app.pool.events = app.events.pool
 
 
 async def _wait_for_signal() -> None:
@@ -261,14 +374,24 @@ async def _start_devnode(nursery: trio.Nursery, config: Config) -> None:
 def _announce(app: App) -> None:
     listen = app.config.http.listen
     base = f"http://{listen.host}:{app.http_port}"
+    ws = f"ws://{listen.host}:{app.http_port}"
     lines = [
         f"miningproxy is running ({app.config.source})",
-        f"  metrics: {base}/metrics",
-        f"  health:  {base}/health",
-        f"  blocks:  {base}/pool/blocks",
-        f"  upstream: {', '.join(app.config.upstream.nodes)}",
+        f"  metrics:   {base}/metrics",
+        f"  health:    {base}/health",
+        f"  blocks:    {base}/pool/blocks   miners: {base}/pool/miners",
+        f"  events:    {ws}/v1a/event_ws   pool events: {ws}/pool/event_ws",
     ]
+    if app.admin is not None:
+        lines.append(f"  admin ws:  {ws}/v1a/ws")
+    if app.mining_relay is not None:
+        lines.append(f"  mining ws: {ws}/v1a/mining_ws")
+    if app.stratum is not None:
+        host = app.config.stratum.listen[0]
+        ports = ", ".join(f"stratum+tcp://{host}:{p}" for p in app.stratum.ports)
+        tls = ", ".join(f"stratum+ssl://{host}:{p}" for p in app.stratum.tls_ports)
+        lines.append(f"  stratum:   {ports}{'  ' + tls if tls else ''}")
+    lines.append(f"  upstream:  {', '.join(app.config.upstream.nodes)}")
     if app.local is not None:
         lines.append(f"  local workers: {app.config.workers.count}")
     print("\n".join(lines), flush=True)
-    log.debug("config: %s", json.dumps(str(app.config)))

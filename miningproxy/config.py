@@ -10,10 +10,12 @@ from __future__ import annotations
 import math
 import tomllib
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
+
+from miningproxy.stratum.settings import BanSettings, SettingsError, StratumSettings, VardiffSettings
 
 
 class ConfigError(ValueError):
@@ -59,11 +61,6 @@ class HttpConfig:
 
 
 @dataclass(frozen=True)
-class StratumConfig:
-    listen: HostPort = field(default_factory=lambda: HostPort("127.0.0.1", 8000))
-
-
-@dataclass(frozen=True)
 class WorkersConfig:
     count: int = 0
     share_weight: float = 0.0  # 0: local workers report only blocks
@@ -81,6 +78,39 @@ class DevNodeConfig:
 
 
 @dataclass(frozen=True)
+class EventsConfig:
+    database: str = "data/miningproxy.sqlite3"
+    synchronous: str = "full"
+    network: str | None = None
+    consume_upstream: bool = True
+    upstream_window: int = 256
+    retention_count: int | None = None
+    retention_age: float | None = None
+    retention_interval: float = 3600.0
+    send_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
+class AdminWsConfig:
+    enabled: bool = True
+    max_subscriptions_per_connection: int = 10_000
+    metrics_interval: float = 1.0
+    address_stats_interval: float = 10.0
+    outbox_limit: int = 256
+    send_timeout: float = 30.0
+    max_history_streams: int = 32
+
+
+@dataclass(frozen=True)
+class MiningWsConfig:
+    enabled: bool = True
+    optimistic_wait: float = 5.0
+    max_submits_per_client: int = 16
+    outbox_limit: int = 64
+    send_timeout: float = 30.0
+
+
+@dataclass(frozen=True)
 class MetricsConfig:
     per_rig: bool = False
 
@@ -95,9 +125,12 @@ class Config:
     upstream: UpstreamConfig
     pool: PoolConfig
     http: HttpConfig = field(default_factory=HttpConfig)
-    stratum: StratumConfig = field(default_factory=StratumConfig)
+    stratum: StratumSettings = field(default_factory=StratumSettings)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
     devnode: DevNodeConfig = field(default_factory=DevNodeConfig)
+    events: EventsConfig = field(default_factory=EventsConfig)
+    admin_ws: AdminWsConfig = field(default_factory=AdminWsConfig)
+    mining_ws: MiningWsConfig = field(default_factory=MiningWsConfig)
     metrics: MetricsConfig = field(default_factory=MetricsConfig)
     log: LogConfig = field(default_factory=LogConfig)
     source: str = "<memory>"
@@ -228,7 +261,6 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable]]] = {
         },
     ),
     "http": (HttpConfig, {"listen": _host_port}),
-    "stratum": (StratumConfig, {"listen": _host_port}),
     "workers": (WorkersConfig, {"count": _integer(0, 1024), "share_weight": _number(0, 256)}),
     "devnode": (
         DevNodeConfig,
@@ -242,6 +274,42 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable]]] = {
             "optimistic": _choice("works", "broken"),
         },
     ),
+    "events": (
+        EventsConfig,
+        {
+            "database": _string,
+            "synchronous": _choice("full", "normal"),
+            "network": _string,
+            "consume_upstream": _boolean,
+            "upstream_window": _integer(1, 100_000),
+            "retention_count": _integer(1, 10**12),
+            "retention_age": _number(60, 10**10),
+            "retention_interval": _number(1, 86400),
+            "send_timeout": _number(1, 3600),
+        },
+    ),
+    "admin_ws": (
+        AdminWsConfig,
+        {
+            "enabled": _boolean,
+            "max_subscriptions_per_connection": _integer(1, 10**7),
+            "metrics_interval": _number(0.1, 3600),
+            "address_stats_interval": _number(1, 3600),
+            "outbox_limit": _integer(8, 100_000),
+            "send_timeout": _number(1, 3600),
+            "max_history_streams": _integer(1, 1024),
+        },
+    ),
+    "mining_ws": (
+        MiningWsConfig,
+        {
+            "enabled": _boolean,
+            "optimistic_wait": _number(0.1, 600),
+            "max_submits_per_client": _integer(1, 10_000),
+            "outbox_limit": _integer(8, 100_000),
+            "send_timeout": _number(1, 3600),
+        },
+    ),
     "metrics": (MetricsConfig, {"per_rig": _boolean}),
     "log": (LogConfig, {"level": _choice("debug", "info", "warning", "error")}),
 }
@@ -249,7 +317,54 @@ _SCHEMA: dict[str, tuple[type, dict[str, Callable]]] = {
 _REQUIRED = {"upstream": ("nodes",), "pool": ("address",)}
 
 
+def _stratum_section(raw: Any) -> StratumSettings:
+    """[stratum] with its [stratum.vardiff] and [stratum.ban] sub-tables; the Stratum module's own
+    check() knows the ranges, this function the shapes."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError("stratum", f"expected a [stratum] table, got {raw!r}")
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = f"stratum.{key}"
+        if key in ("vardiff", "ban"):
+            cls = VardiffSettings if key == "vardiff" else BanSettings
+            if not isinstance(value, Mapping):
+                raise ConfigError(name, f"expected a [{name}] table, got {value!r}")
+            known = {f.name for f in fields(cls)}
+            for sub in value:
+                if sub not in known:
+                    raise ConfigError(
+                        f"{name}.{sub}", f"unknown key (known keys in [{name}]: {', '.join(sorted(known))})"
+                    )
+            for sub, sub_value in value.items():
+                if isinstance(getattr(cls, sub, None), bool):
+                    _boolean(f"{name}.{sub}", sub_value)
+            values[key] = cls(**value)
+        elif key in ("listen", "tls_listen"):
+            hp = _host_port(name, value)
+            values[key] = (hp.host, hp.port)
+        elif key in ("tls_cert", "tls_key"):
+            values[key] = _string(name, value)
+        elif key in _STRATUM_BOOLS:
+            values[key] = _boolean(name, value)
+        elif key in _STRATUM_KEYS:
+            values[key] = value  # ranges and types: StratumSettings.check()
+        else:
+            known = ", ".join(sorted(_STRATUM_KEYS | {"vardiff", "ban"}))
+            raise ConfigError(name, f"unknown key (known keys in [stratum]: {known})")
+    try:
+        return StratumSettings(**values).check()
+    except SettingsError as exc:
+        raise ConfigError(exc.key, exc.message) from None
+
+
+# per_worker_metrics is set from [metrics] per_rig: one switch for per-rig series.
+_STRATUM_KEYS = {f.name for f in fields(StratumSettings)} - {"vardiff", "ban", "per_worker_metrics"}
+_STRATUM_BOOLS = {"get_version"}
+
+
 def _section(name: str, raw: Any) -> Any:
+    if name == "stratum":
+        return _stratum_section(raw)
     cls, readers = _SCHEMA[name]
     if not isinstance(raw, Mapping):
         raise ConfigError(name, f"expected a [{name}] table, got {raw!r}")
@@ -266,13 +381,17 @@ def _section(name: str, raw: Any) -> Any:
 
 def config_from_dict(data: Mapping[str, Any], *, source: str = "<memory>") -> Config:
     for name in data:
-        if name not in _SCHEMA:
-            raise ConfigError(name, f"unknown section (known sections: {', '.join(sorted(_SCHEMA))})")
+        if name not in _SCHEMA and name != "stratum":
+            raise ConfigError(
+                name, f"unknown section (known sections: {', '.join(sorted([*_SCHEMA, 'stratum']))})"
+            )
     for name in _REQUIRED:
         if name not in data:
             raise ConfigError(name, f"the [{name}] section is required")
     sections = {name: _section(name, raw) for name, raw in data.items()}
     config = Config(**sections, source=source)
+    if config.metrics.per_rig != config.stratum.per_worker_metrics:
+        config = replace(config, stratum=replace(config.stratum, per_worker_metrics=config.metrics.per_rig))
     _check_cross_keys(config)
     return config
 

@@ -34,6 +34,11 @@ class Metrics:
             "miningproxy_shares", "Shares checked, by result and reason", ["result", "reason"], registry=r
         )
         self.shares.labels("accepted", "ok")
+        self.shares_unrecorded = Counter(
+            "miningproxy_shares_unrecorded",
+            "Block shares credited while the accounting record could not keep up (missing from /pool/event_ws)",
+            registry=r,
+        )
         self.jobs_sent = Counter("miningproxy_jobs_sent", "Jobs handed to rigs and local workers", registry=r)
         self.templates = Counter(
             "miningproxy_templates_received", "Template updates from the upstream", registry=r

@@ -35,7 +35,7 @@ def test_devnet_runs_the_embedded_node_with_workers():
     assert config.devnode.enabled
     assert config.workers.count == 2
     assert config.http.listen == HostPort("127.0.0.1", 8080)
-    assert config.stratum.listen == HostPort("127.0.0.1", 8000)
+    assert config.stratum.listen == ("127.0.0.1", 8000)
     assert config.upstream.nodes == ("http://127.0.0.1:8090/v1a/",)
 
 
@@ -145,3 +145,32 @@ def test_cli_version():
     )
     assert proc.returncode == 0
     assert proc.stdout.startswith("miningproxy ")
+
+
+def test_stratum_tables_are_read_and_checked():
+    config = config_from_dict(minimal(stratum={"listen": "0.0.0.0:3333", "max_per_ip": 4,
+                                               "vardiff": {"target_interval": 5, "initial_weight": 12},
+                                               "ban": {"enabled": False}}, metrics={"per_rig": True}))
+    assert config.stratum.listen == ("0.0.0.0", 3333)
+    assert config.stratum.max_per_ip == 4
+    assert config.stratum.vardiff.target_interval == 5 and config.stratum.vardiff.initial_weight == 12
+    assert config.stratum.ban.enabled is False
+    assert config.stratum.per_worker_metrics is True  # one switch: [metrics] per_rig
+
+
+@pytest.mark.parametrize(
+    ("stratum", "key"),
+    [
+        ({"max_line": 10}, "stratum.max_line"),
+        ({"vardiff": {"min_weight": 30, "max_weight": 20}}, "stratum.vardiff.max_weight"),
+        ({"vardiff": {"speed": 1}}, "stratum.vardiff.speed"),
+        ({"ban": {"enabled": "no"}}, "stratum.ban.enabled"),
+        ({"tls_listen": "0.0.0.0:3334"}, "stratum.tls_cert"),
+        ({"job_interval": "30"}, "stratum.job_interval"),
+        ({"colour": "blue"}, "stratum.colour"),
+    ],
+)
+def test_bad_stratum_values_name_their_key(stratum, key):
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(minimal(stratum=stratum))
+    assert info.value.key == key

@@ -6,6 +6,7 @@ accepted blocks, check /health, stop with SIGTERM and find no process left behin
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -17,7 +18,10 @@ import time
 from pathlib import Path
 
 import trio
+from trio_websocket import open_websocket_url
 
+from hashing.header import HeaderHasher
+from hashing.pow import weight_to_target
 from miningproxy.app import run_app
 from miningproxy.config import config_from_dict
 from miningproxy.devnode.server import DevNode
@@ -45,7 +49,17 @@ def metric(text: str, name: str, **labels: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-async def test_proxy_mines_blocks_accepted_by_the_dev_node():
+def isolated(tmp_path, **sections):
+    """Config sections that keep a test's files and ports to itself."""
+    return {
+        "http": {"listen": "127.0.0.1:0"},
+        "stratum": {"listen": "127.0.0.1:0"},
+        "events": {"database": str(tmp_path / "events.sqlite3")},
+        **sections,
+    }
+
+
+async def test_proxy_mines_blocks_accepted_by_the_dev_node(tmp_path):
     # Weight decay on: the template's weight is for timestamp_now while its data carries
     # timestamp_min (the TRAP): blocks are only accepted if jobs use the clock, clamped.
     node = DevNode(DevNodeSettings(block_weight=14.0, min_block_weight=10.0, weight_decay_seconds=2.0))
@@ -98,6 +112,19 @@ async def test_health_is_503_with_a_reason_while_no_upstream():
         nursery.cancel_scope.cancel()
 
 
+class LineReader:
+    def __init__(self, stream):
+        self.stream, self.buffer = stream, b""
+
+    async def next(self) -> bytes:
+        while b"\n" not in self.buffer:
+            chunk = await self.stream.receive_some(65536)
+            assert chunk, "connection closed"
+            self.buffer += chunk
+        line, _, self.buffer = self.buffer.partition(b"\n")
+        return line
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -118,16 +145,27 @@ def children_of(pid: int) -> set[int]:
     return found
 
 
-def test_miningproxy_run_mines_then_stops_cleanly_on_sigterm(tmp_path):
-    node_port, http_port = free_port(), free_port()
-    config = tmp_path / "devnet.toml"
-    config.write_text(
+def devnet_copy(tmp_path):
+    """configs/devnet.toml with free ports and its database under tmp_path."""
+    node_port, http_port, stratum_port = free_port(), free_port(), free_port()
+    text = (
         (ROOT / "configs" / "devnet.toml")
         .read_text()
         .replace("127.0.0.1:8090", f"127.0.0.1:{node_port}")
         .replace("127.0.0.1:8080", f"127.0.0.1:{http_port}")
-        .replace("block_weight = 21.0", "block_weight = 14.0")
-        .replace("min_weight = 18.0", "min_weight = 10.0")
+        .replace("127.0.0.1:8000", f"127.0.0.1:{stratum_port}")
+        .replace("data/devnet/events.sqlite3", str(tmp_path / "events.sqlite3"))
+    )
+    return text, http_port
+
+
+def test_miningproxy_run_mines_then_stops_cleanly_on_sigterm(tmp_path):
+    text, http_port = devnet_copy(tmp_path)
+    config = tmp_path / "devnet.toml"
+    config.write_text(
+        text.replace("block_weight = 21.0", "block_weight = 14.0").replace(
+            "min_weight = 18.0", "min_weight = 10.0"
+        )
     )
     proc = subprocess.Popen(
         [sys.executable, "-m", "miningproxy.cli", "run", "--config", str(config)],
@@ -164,7 +202,7 @@ def test_miningproxy_run_mines_then_stops_cleanly_on_sigterm(tmp_path):
             proc.wait()
 
 
-async def test_dev_node_killed_and_restarted_loses_no_found_block_silently():
+async def test_dev_node_killed_and_restarted_loses_no_found_block_silently(tmp_path):
     node = DevNode(DevNodeSettings(block_weight=16.0, min_block_weight=10.0))
     async with trio.open_nursery() as nursery:
         node_scope = trio.CancelScope()
@@ -203,34 +241,35 @@ async def test_dev_node_killed_and_restarted_loses_no_found_block_silently():
         node_scope = trio.CancelScope()
         await nursery.start(serve_node, port)  # same port, same chain
         await wait_accepted(2)
-        # Every found block reaches a final, counted fate: none vanishes.
+        # Every found block reaches a final, counted fate: none vanishes. Workers keep mining,
+        # so metrics and the block list are read in one step (no checkpoint in between).
         with trio.fail_after(30):
-            while any(b.status in ("found", "submitted", "pending") for b in app.pool.blocks):
-                await trio.sleep(0.1)
-        assert len(app.pool.blocks) >= found_while_down
-        _, text = await http_get(app.http_port, "/metrics")
+            while True:
+                text = app.metrics.render().decode()
+                blocks = list(app.pool.blocks)
+                if not any(b.status in ("found", "submitted", "pending") for b in blocks):
+                    break
+                await trio.sleep(0.02)
+        assert len(blocks) >= found_while_down
         found = metric(text, "miningproxy_blocks_total", result="found")
         settled = sum(
             metric(text, "miningproxy_blocks_total", result=r) for r in ("accepted", "rejected", "stale")
         )
-        assert found == settled == len(app.pool.blocks)
+        assert found == settled == len(blocks)
         assert metric(text, "miningproxy_blocks_total", result="stale") >= 1  # the others on the old tip
         in_chain = {cb.hash for cb in node.chain.blocks}
-        for block in app.pool.blocks:
+        for block in blocks:
             assert (block.status == "accepted") == (block.hash in in_chain)
         nursery.cancel_scope.cancel()
 
 
 def test_pool_address_of_another_network_than_the_node_exits_2(tmp_path):
-    node_port, http_port = free_port(), free_port()
+    text, _ = devnet_copy(tmp_path)
     config = tmp_path / "wrong-network.toml"
     config.write_text(
-        (ROOT / "configs" / "devnet.toml")
-        .read_text()
-        .replace("127.0.0.1:8090", f"127.0.0.1:{node_port}")
-        .replace("127.0.0.1:8080", f"127.0.0.1:{http_port}")
-        .replace("WY1URKUnqCTyiixW1Dw29vmeG99hNN4EW6", "HJB2yxxsHtudGGy3jmVeadwMfRi2zNCKKD")
-        .replace("count = 2", "count = 0")
+        text.replace("WY1URKUnqCTyiixW1Dw29vmeG99hNN4EW6", "HJB2yxxsHtudGGy3jmVeadwMfRi2zNCKKD").replace(
+            "count = 2", "count = 0"
+        )
     )
     proc = subprocess.run(
         [sys.executable, "-m", "miningproxy.cli", "run", "--config", str(config)],
@@ -240,3 +279,79 @@ def test_pool_address_of_another_network_than_the_node_exits_2(tmp_path):
     )
     assert proc.returncode == 2, proc.stderr
     assert "pool.address" in proc.stderr and "privatenet" in proc.stderr
+
+
+async def test_a_rig_mines_through_stratum_and_its_shares_are_in_the_pool_record(tmp_path):
+    node = DevNode(DevNodeSettings(block_weight=12.0, min_block_weight=8.0))
+    async with trio.open_nursery() as nursery:
+        node_port = await nursery.start(node.serve, "127.0.0.1", 0)
+        config = config_from_dict(
+            {
+                "upstream": {"nodes": [f"http://127.0.0.1:{node_port}/v1a/"], "backoff_initial": 0.1},
+                "pool": {"address": PRIVATENET_ADDRESS, "tag": "rig"},
+                **isolated(tmp_path),
+            }
+            | {"stratum": {"listen": "127.0.0.1:0", "vardiff": {"initial_weight": 4.0, "min_weight": 1.0}}}
+        )
+        app = await nursery.start(run_app, config)
+        with trio.fail_after(30):
+            while app.pool.events is None:  # the record opens once the node named its network
+                await trio.sleep(0.05)
+        rig = await trio.open_tcp_stream("127.0.0.1", app.stratum.ports[0])
+        lines = LineReader(rig)
+        await rig.send_all(
+            b'{"id": "s1", "method": "subscribe", "params": {"address": "%s"}}\n'
+            % PRIVATENET_ADDRESS.encode()
+        )
+        reply = json.loads(await lines.next())  # the very next line, before any job
+        assert (reply["id"], reply["result"], reply["error"]) == ("s1", "ok", None)
+        accepted = blocks = 0
+        is_block = False
+        nonce = int.from_bytes(os.urandom(4), "big")
+
+        async def submit(job):
+            # Shares at the job's weight first, then ones that also meet the block weight.
+            nonlocal nonce, is_block
+            hasher = HeaderHasher(bytes.fromhex(job["data"]))
+            target = weight_to_target(job["weight"] if accepted < 3 else 12.0)
+            nonce = next(
+                n for n in itertools.count(nonce + 1) if int.from_bytes(hasher.hash_nonce(n), "big") < target
+            )
+            is_block = int.from_bytes(hasher.hash_nonce(nonce), "big") < weight_to_target(12.0)
+            request = {
+                "id": accepted + 10,
+                "method": "submit",
+                "params": {"job_id": job["job_id"], "nonce": f"{nonce:032x}"},
+            }
+            await rig.send_all(json.dumps(request).encode() + b"\n")
+
+        with trio.fail_after(60):
+            while accepted < 3 or blocks < 1:
+                msg = json.loads(await lines.next())
+                if msg.get("method") == "job":
+                    job = msg["params"]
+                    assert isinstance(job["weight"], float) and len(job["job_id"]) == 32
+                    await submit(job)
+                elif msg.get("id") is not None and msg.get("result") == "ok":
+                    accepted += 1
+                    blocks += is_block
+                    if accepted < 3 or blocks < 1:
+                        await submit(job)
+                elif msg.get("method") is None:
+                    assert msg["error"]["code"] == 31, msg  # stale: a new tip came between job and share
+        # What the rig was told "ok" about is in the pool's durable accounting record.
+        async with open_websocket_url(f"ws://127.0.0.1:{app.http_port}/pool/event_ws") as ws:
+            await ws.send_message(
+                json.dumps({"type": "START_STREAM", "last_ack_event_id": None, "window_size": 1000})
+            )
+            types = []
+            with trio.move_on_after(3):
+                while True:
+                    types.append(json.loads(await ws.get_message())["event"]["type"])
+        assert types[0] == "LOAD_STARTED"
+        assert types.count("POOL_SHARE_ACCEPTED") >= accepted
+        assert "POOL_MINER_CONNECTED" in types and "POOL_BLOCK_FOUND" in types
+        status, body = await http_get(app.http_port, "/pool/miners")
+        assert status == 200 and PRIVATENET_ADDRESS in body
+        await rig.aclose()
+        nursery.cancel_scope.cancel()

@@ -16,7 +16,7 @@ and ``DevNode.admin.disconnect_all()``.
 from __future__ import annotations
 
 import base64
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any
 
 import trio
@@ -121,6 +121,16 @@ class DevAdmin:
                 self.clients.to_address(
                     address, encode({"address": address, "history": data, "type": "wallet:address_history"})
                 )
+
+    def on_orphaned(self, blocks: Sequence[ChainBlock]) -> None:
+        """Blocks left the best chain (a reorg): their rewards no longer count in address histories."""
+        gone = {block.hash for block in blocks}
+        for address in list(self._by_address):
+            kept = [block for block in self._by_address[address] if block.hash not in gone]
+            if kept:
+                self._by_address[address] = kept
+            else:
+                del self._by_address[address]
 
     def history_of(self, address: str) -> list[ChainBlock]:
         """The blocks paying ``address``, oldest first."""

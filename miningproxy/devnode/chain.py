@@ -10,6 +10,10 @@ What is mirrored from hathor-core (hathor/manager.py, hathor/verification/, hath
   (duplicates and blocks on stale parents alike; nothing is stored); a block on the tip is
   fully validated and any failure is an error (which the mining websocket turns into its fatal
   Internal error); bytes that do not parse are an error too.
+- add_block: a block as a peer relays it, on ANY known block. It is validated against its own
+  parent and stored; it becomes the best block when its score beats the best block's (a reorg
+  when its parent is not the best block: the old blocks leave the best chain, are orphaned but
+  stay known), otherwise it sits on a side chain. A tie keeps the current best chain.
 Weights below the rules' minimum are reported with the node's own words:
 ``weight (x) is smaller than the minimum weight (y)``.
 """
@@ -17,6 +21,7 @@ Weights below the rules' minimum are reported with the node's own words:
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from typing import Any
@@ -111,8 +116,30 @@ class SubmitResult:
         return self.status is SubmitStatus.ACCEPTED
 
 
+@dataclass(frozen=True)
+class ChainChange:
+    """What storing one block did to the best chain (``DevChain.add_block``)."""
+
+    block: ChainBlock  # the stored block
+    best: bool  # it is the new best block
+    orphaned: tuple[ChainBlock, ...] = ()  # blocks that left the best chain, oldest first
+    joined: tuple[ChainBlock, ...] = ()  # blocks that joined it, oldest first (ends with ``block``)
+
+    @property
+    def is_reorg(self) -> bool:
+        return bool(self.orphaned)
+
+
+class BlockRejected(ValueError):
+    """``DevChain.add_block`` refused a block; the message is the node's reason."""
+
+
 class DevChain:
-    """A linear chain from a genesis; only blocks on the current best block are accepted."""
+    """A tree of blocks from a genesis with one best chain (the heaviest).
+
+    Miners (``submit``) may only extend the best block; ``add_block`` takes blocks on any known
+    block, so a test can grow a competing branch and make it win.
+    """
 
     def __init__(self, genesis: Genesis, rules: ChainRules | None = None) -> None:
         self.genesis = genesis
@@ -120,8 +147,9 @@ class DevChain:
         first = ChainBlock(
             genesis.block_hash, genesis.block, 0, weight_to_work(genesis.block.weight), is_genesis=True
         )
-        self._chain: list[ChainBlock] = [first]
-        self._by_hash: dict[bytes, ChainBlock] = {first.hash: first}
+        self._chain: list[ChainBlock] = [first]  # the best chain, genesis first
+        self._by_hash: dict[bytes, ChainBlock] = {first.hash: first}  # every block, orphans too
+        self._latest_block_ts = first.timestamp
         self._tx_timestamps = {tx.hash: tx.timestamp for tx in genesis.txs}
         self._tx_work = sum(weight_to_work(tx.weight) for tx in genesis.txs)
         # Tx parents of every template: the two genesis transactions, sorted as the node sorts them.
@@ -142,7 +170,23 @@ class DevChain:
         return tuple(self._chain)
 
     def get(self, block_hash: bytes) -> ChainBlock | None:
+        """Any known block, on the best chain or not."""
         return self._by_hash.get(block_hash)
+
+    def in_best_chain(self, block_hash: bytes) -> bool:
+        """Whether ``block_hash`` is a block of the best chain."""
+        block = self._by_hash.get(block_hash)
+        if block is None or block.height >= len(self._chain):
+            return False  # (a side chain can be longer than the best one, yet lighter)
+        return self._chain[block.height].hash == block_hash
+
+    @property
+    def orphans(self) -> tuple[ChainBlock, ...]:
+        """Known blocks off the best chain (side chains and orphaned blocks), by height."""
+        best = {b.hash for b in self._chain}
+        return tuple(
+            sorted((b for b in self._by_hash.values() if b.hash not in best), key=lambda b: b.height)
+        )
 
     def __contains__(self, block_hash: object) -> bool:
         return block_hash in self._by_hash or block_hash in self._tx_timestamps
@@ -153,7 +197,21 @@ class DevChain:
 
     @property
     def latest_timestamp(self) -> int:
-        return max(self.tip.timestamp, *self._tx_timestamps.values())
+        """The newest timestamp of any vertex (orphans included, as the node's storage counts)."""
+        return max(self._latest_block_ts, *self._tx_timestamps.values())
+
+    def block_score(self, parent: ChainBlock, weight: float) -> int:
+        """The score of a block of ``weight`` on ``parent``."""
+        return self.branch_score(parent, (weight,))
+
+    def branch_score(self, parent: ChainBlock, weights: Iterable[float]) -> int:
+        """The score of the last of a run of blocks of ``weights`` stacked on ``parent``."""
+        score = parent.score
+        for i, weight in enumerate(weights):
+            score += weight_to_work(weight)
+            if i == 0 and parent.is_genesis:
+                score += self._tx_work  # the first block confirms the genesis transactions
+        return score
 
     def best_blockchain(self, n: int = 10) -> list[ChainBlock]:
         """The ``n`` best blocks, tip first (the node's /status ``best_blockchain``)."""
@@ -228,15 +286,35 @@ class DevChain:
             else:
                 reason = f"parent {block.parents[0].hex()} is not the best block {self.tip.hash_hex}"
             return SubmitResult(SubmitStatus.NOT_TIP, reason, block_hash=block_hash)
-        problem = self._problem(block, block_hash, int(now))
+        problem = self._problem(block, block_hash, int(now), self.tip)
         if problem:
             return SubmitResult(SubmitStatus.INVALID, problem, block_hash=block_hash)
         return SubmitResult(
-            SubmitStatus.ACCEPTED, block=self._store(block, block_hash), block_hash=block_hash
+            SubmitStatus.ACCEPTED, block=self._store(block, block_hash).block, block_hash=block_hash
         )
 
-    def _problem(self, block: Block, block_hash: bytes, now: int) -> str | None:
-        """Why the node would refuse this block on the tip (None: valid)."""
+    def add_block(self, data: bytes, now: int) -> ChainChange:
+        """Validate and store a block (struct with nonce) on any known block, as a block relayed by a
+        peer; raises :class:`BlockRejected` with the node's reason when it is invalid or known."""
+        try:
+            block = parse_block(data)
+        except (BlockParseError, ValueError) as exc:
+            raise BlockRejected(f"cannot parse block: {exc}") from None
+        block_hash = block.hash()
+        if block_hash in self._by_hash:
+            raise BlockRejected(f"block {block_hash.hex()} already exists")
+        if not block.parents:
+            raise BlockRejected("block has no parents")
+        parent = self._by_hash.get(block.parents[0])
+        if parent is None:
+            raise BlockRejected(f"parent {block.parents[0].hex()} is not a known block")
+        problem = self._problem(block, block_hash, int(now), parent)
+        if problem:
+            raise BlockRejected(problem)
+        return self._store(block, block_hash)
+
+    def _problem(self, block: Block, block_hash: bytes, now: int, parent: ChainBlock) -> str | None:
+        """Why the node would refuse this block on ``parent``, its first parent (None: valid)."""
         if block.version == MERGE_MINED_BLOCK:
             return "merge-mined blocks are not supported by the dev node"
         if block.version != REGULAR_BLOCK:
@@ -245,7 +323,6 @@ class DevChain:
             return f"Ignoring transaction in the future {block_hash.hex()} (timestamp={block.timestamp})"
         if len(set(block.parents)) != len(block.parents):
             return "Tx has duplicated parents"
-        parent = self.tip
         n_blocks = 0
         n_txs = 0
         for parent_hash in block.parents:
@@ -296,12 +373,24 @@ class DevChain:
             )
         return None
 
-    def _store(self, block: Block, block_hash: bytes) -> ChainBlock:
-        parent = self.tip
-        score = parent.score + weight_to_work(block.weight)
-        if parent.is_genesis:
-            score += self._tx_work  # the first block confirms the genesis transactions
-        stored = ChainBlock(block_hash, block, parent.height + 1, score)
-        self._chain.append(stored)
+    def _store(self, block: Block, block_hash: bytes) -> ChainChange:
+        parent = self._by_hash[block.parents[0]]
+        stored = ChainBlock(block_hash, block, parent.height + 1, self.block_score(parent, block.weight))
         self._by_hash[block_hash] = stored
-        return stored
+        self._latest_block_ts = max(self._latest_block_ts, stored.timestamp)
+        tip = self.tip
+        if parent is tip:
+            self._chain.append(stored)
+            return ChainChange(stored, True, joined=(stored,))
+        if stored.score <= tip.score:  # a side chain (a tie keeps the current best chain)
+            return ChainChange(stored, False)
+        # A reorg: walk the new branch down to the best chain, then cut the best chain there.
+        joined = [stored]
+        while not self.in_best_chain(joined[-1].block.parents[0]):
+            joined.append(self._by_hash[joined[-1].block.parents[0]])
+        common = self._by_hash[joined[-1].block.parents[0]]
+        orphaned = tuple(self._chain[common.height + 1 :])
+        joined.reverse()
+        del self._chain[common.height + 1 :]
+        self._chain.extend(joined)
+        return ChainChange(stored, True, orphaned=orphaned, joined=tuple(joined))

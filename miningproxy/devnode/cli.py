@@ -74,6 +74,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=defaults.reward,
         help=f"block reward in atomic units (default {defaults.reward})",
     )
+    parser.add_argument(
+        "--no-event-queue",
+        dest="event_queue",
+        action="store_false",
+        default=defaults.event_queue,
+        help="run without the event queue, as a node without --enable-event-queue: /v1a/event_ws answers "
+        "EVENT_WS_NOT_RUNNING (default: the event queue is on)",
+    )
 
 
 def settings_from_args(args: argparse.Namespace) -> DevNodeSettings:
@@ -84,6 +92,7 @@ def settings_from_args(args: argparse.Namespace) -> DevNodeSettings:
         weight_decay_seconds=args.weight_decay,
         optimistic=args.optimistic,
         reward=args.reward,
+        event_queue=getattr(args, "event_queue", True),
     )
 
 
@@ -97,23 +106,28 @@ async def run_devnode_from_args(
     settings = settings_from_args(args)
     node = DevNode(settings)
     log.info(
-        "devnode %s: block weight %g (min %g, decay %s), optimistic %s",
+        "devnode %s: block weight %g (min %g, decay %s), optimistic %s, event queue %s",
         settings.network,
         settings.block_weight,
         settings.min_block_weight,
         f"1 per {settings.weight_decay_seconds:g}s" if settings.weight_decay_seconds else "off",
         settings.optimistic,
+        "on" if settings.event_queue else "off",
     )
     async with trio.open_nursery() as nursery:
         bound = await nursery.start(partial(serve_devnode, settings, host, port, node=node))
         shown = f"[{host}]" if ":" in host else host
         log.info(
-            "devnode ready: http://%s:%d/v1a/ (mining: ws://%s:%d/v1a/mining_ws, admin: ws://%s:%d/v1a/ws)",
+            "devnode ready: http://%s:%d/v1a/ (mining: ws://%s:%d/v1a/mining_ws, admin: ws://%s:%d/v1a/ws, "
+            "events: ws://%s:%d/v1a/event_ws%s)",
             shown,
             bound,
             shown,
             bound,
             shown,
             bound,
+            shown,
+            bound,
+            "" if settings.event_queue else " (off)",
         )
         task_status.started(bound)

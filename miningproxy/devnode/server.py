@@ -1,4 +1,5 @@
-"""The dev node's network face: /v1a/mining_ws, /v1a/ws, /v1a/version and /v1a/status on one HTTP port.
+"""The dev node's network face: /v1a/mining_ws, /v1a/ws, /v1a/event_ws, /v1a/event, /v1a/version and
+/v1a/status on one HTTP port.
 
 The mining websocket behaves as a real node's (see protocol/HATHOR.md and the transcripts):
 ``mining.notify`` on connect and after every new best block (to every client), ``mining.refresh``,
@@ -6,11 +7,12 @@ The mining websocket behaves as a real node's (see protocol/HATHOR.md and the tr
 ``-32603 Internal error`` + close for an invalid block. ``optimistic: true`` follows
 ``DevNodeSettings.optimistic``. The close after a fatal error carries no status code (the client
 sees 1005), as the node's autobahn ``sendClose()`` does. The admin websocket ``/v1a/ws`` lives in
-admin.py (``DevNode.admin``).
+admin.py (``DevNode.admin``), the event queue (``/v1a/event_ws``, ``GET /v1a/event``) in events.py
+(``DevNode.events``).
 
 Test hooks live on :class:`DevNode`: ``chain`` (read blocks), ``set_time_source``, ``syncing``,
-``optimistic``, ``force_submit_failure``, ``mine_block`` (a block found elsewhere),
-``disconnect_all``, ``wait_for_height`` and the ``submissions`` log.
+``optimistic``, ``force_submit_failure``, ``mine_block`` (a block found elsewhere), ``reorg`` (a
+heavier branch found elsewhere), ``disconnect_all``, ``wait_for_height`` and the ``submissions`` log.
 """
 
 from __future__ import annotations
@@ -30,7 +32,15 @@ from wsproto.frame_protocol import CloseReason
 from miningproxy.api.http import HttpRequest, HttpResponse, Router, serve_http
 from miningproxy.devnode import miner, rpc
 from miningproxy.devnode.admin import ADMIN_WS_PATH, DevAdmin
-from miningproxy.devnode.chain import ChainBlock, ChainRules, DevChain, SubmitResult, SubmitStatus
+from miningproxy.devnode.chain import (
+    ChainBlock,
+    ChainChange,
+    ChainRules,
+    DevChain,
+    SubmitResult,
+    SubmitStatus,
+)
+from miningproxy.devnode.events import DevEvents
 from miningproxy.devnode.genesis import make_genesis
 from miningproxy.devnode.settings import DevNodeSettings
 
@@ -160,7 +170,17 @@ class DevNode:
         self._last_broadcast_tip = self.chain.tip.hash
         self._tip_changed = trio.Event()
         self._started_at: float | None = None
+        self._reorgs = 0
         self.admin = DevAdmin(self)  # /v1a/ws
+        # /v1a/event_ws and /v1a/event; event timestamps follow the node's clock, as the node's reactor's do.
+        self.events = DevEvents(
+            self.genesis,
+            get_block=self.chain.get,
+            network=s.network,
+            peer_id=s.peer_id,
+            enabled=s.event_queue,
+            clock=lambda: float(self.clock()),
+        )
 
     # -- test hooks ----------------------------------------------------------------------------
     def set_time_source(self, clock: Callable[[], float]) -> None:
@@ -201,6 +221,47 @@ class DevNode:
         self.broadcast_if_changed()
         return result.block
 
+    def reorg(self, depth: int, new_blocks: int, *, script: bytes = b"") -> list[ChainBlock]:
+        """Test hook: a heavier branch, found elsewhere, takes over the best chain.
+
+        Mines ``new_blocks`` blocks (at ``block_weight``, paying ``script``) on the best-chain block
+        ``depth`` below the tip and stores them one at a time, as blocks relayed by a peer: while the
+        branch does not outweigh the best chain its blocks sit on a side chain (voided), the block
+        that outweighs it wins a reorg (the best chain's top ``depth`` blocks are orphaned), the rest
+        extend the new best chain. The event queue records every step (a REORG_STARTED ..
+        REORG_FINISHED group with its own group_id), the admin websocket learns the orphaned and the
+        new best blocks, and mining clients get one ``mining.notify`` for the new tip.
+        Returns the branch, oldest first. ``new_blocks`` must exceed ``depth``.
+        """
+        tip = self.chain.tip
+        if not 1 <= depth <= tip.height:
+            raise ValueError(f"reorg depth must be 1..{tip.height} (the tip's height), got {depth}")
+        if new_blocks <= depth:
+            raise ValueError(f"a reorg needs more new blocks than its depth ({depth}), got {new_blocks}")
+        fork = self.chain.blocks[tip.height - depth]
+        weight = float(self.chain.rules.block_weight)
+        score = self.chain.branch_score(fork, [weight] * new_blocks)
+        if score <= tip.score:
+            raise ValueError(
+                f"{new_blocks} blocks of weight {weight:g} on height {fork.height} would not outweigh the "
+                f"best chain (score {score} <= {tip.score})"
+            )
+        self._reorgs += 1
+        tag = f"devnode reorg {self._reorgs}".encode()
+        branch: list[ChainBlock] = []
+        parent = fork
+        for _ in range(new_blocks):
+            template = self.chain.template_json(self.now(), parent)
+            if template is None:
+                raise RuntimeError(f"no valid timestamp for a block on {parent.hash_hex} at the current time")
+            data = miner.mine_template(template, script=script, data=tag, weight=weight)
+            change = self.chain.add_block(data, self.now())
+            self._on_change(change)
+            branch.append(change.block)
+            parent = change.block
+        self.broadcast_if_changed()
+        return branch
+
     def disconnect_all(self) -> None:
         """Close every mining websocket (as a restarting node would)."""
         for session in list(self._sessions):
@@ -225,8 +286,32 @@ class DevNode:
             session.push(message)
 
     def _on_new_tip(self, block: ChainBlock) -> None:
+        """A block extending the best chain was stored."""
         log.info("devnode: new best block %s at height %d", block.hash_hex, block.height)
+        self.events.on_block(block)
         self.admin.on_new_block(block)
+        self._tip_changed.set()
+        self._tip_changed = trio.Event()
+
+    def _on_change(self, change: ChainChange) -> None:
+        """A block from anywhere was stored: a side block, a new tip, or the winner of a reorg."""
+        if not change.best:
+            log.info("devnode: side-chain block %s at height %d", change.block.hash_hex, change.block.height)
+            self.events.on_block(change.block)
+            return
+        if not change.is_reorg:
+            self._on_new_tip(change.block)
+            return
+        log.info(
+            "devnode: reorg: %d block(s) orphaned, new best block %s at height %d",
+            len(change.orphaned),
+            change.block.hash_hex,
+            change.block.height,
+        )
+        self.events.on_block(change.block)
+        self.admin.on_orphaned(change.orphaned)
+        for block in change.joined:
+            self.admin.on_new_block(block)
         self._tip_changed.set()
         self._tip_changed = trio.Event()
 
@@ -288,6 +373,7 @@ class DevNode:
         router.websocket(ADMIN_WS_PATH, self.admin.handler)
         router.http(VERSION_PATH, self._version)
         router.http(STATUS_PATH, self._status)
+        self.events.add_routes(router)
         return router
 
     async def _mining_ws(self, ws: trio_websocket.WebSocketConnection, request: HttpRequest) -> None:

@@ -29,6 +29,10 @@ class DevNodeSettings:
     ``optimistic``: "broken" (what every node release does: a ``mining.submit`` with
     ``optimistic: true`` stores the block, then answers a fatal -32603 and closes the socket) or
     "works" (what the node intends: the result is the template for the next block, a dict).
+
+    ``event_queue``: serve the node's event queue (``/v1a/event_ws``, ``GET /v1a/event``), as a node
+    started with ``--enable-event-queue``; off, both answer as such a node without it
+    (EVENT_WS_NOT_RUNNING, 503). The event stream's peer_id is ``peer_id``.
     """
 
     network: str = "privatenet"
@@ -42,6 +46,7 @@ class DevNodeSettings:
     genesis_block_weight: float = 8.0
     version: str = "0.69.0-devnode"
     peer_id: str = "d3f0de7e000000000000000000000000000000000000000000000000000000d0"
+    event_queue: bool = True
 
     def __post_init__(self) -> None:
         def fail(name: str, what: str) -> ValueError:
@@ -65,5 +70,7 @@ class DevNodeSettings:
             raise fail("reward", f"must be a positive integer (atomic units), got {self.reward!r}")
         if self.optimistic not in OPTIMISTIC_MODES:
             raise fail("optimistic", f"must be one of {', '.join(OPTIMISTIC_MODES)}, got {self.optimistic!r}")
+        if not isinstance(self.event_queue, bool):
+            raise fail("event_queue", f"must be true or false, got {self.event_queue!r}")
         if not isinstance(self.genesis_timestamp, int) or not 0 < self.genesis_timestamp < 2**32 - 10:
             raise fail("genesis_timestamp", f"must be a unix timestamp, got {self.genesis_timestamp!r}")

@@ -14,7 +14,6 @@ reports at ``/v1a/version``. Then it runs the upstream consumer, the pool writer
 from __future__ import annotations
 
 import functools
-import json
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -29,7 +28,7 @@ from miningproxy.events.metrics import EventMetrics, event_gauges
 from miningproxy.events.pool_events import POOL_SEQ, PoolEvents, open_pool_stream
 from miningproxy.events.server import EventHttpApi, EventStreamServer
 from miningproxy.events.upstream import NodeEventConsumer
-from miningproxy.upstream.node_http import NodeHttpError, http_get, node_url
+from miningproxy.upstream.node_info import learn_network
 
 log = logging.getLogger("miningproxy.events")
 
@@ -115,21 +114,9 @@ class EventsService:
         stored = self.log.identity(POOL_SEQ)
         if stored is not None:
             return stored.network
-        delay, backoff_max = self.backoff
-        while True:
-            for node in self.nodes:
-                try:
-                    answer = await http_get(node_url(node, "version"))
-                    network = json.loads(answer.body).get("network") if answer.status == 200 else None
-                except (NodeHttpError, ValueError) as exc:
-                    log.warning("cannot learn the network from %s: %s", node, exc)
-                    continue
-                if isinstance(network, str) and network:
-                    return network
-            if not self.nodes:
-                raise ValueError("the pool event stream needs a network: configure it or an upstream node")
-            await trio.sleep(delay)
-            delay = min(delay * 2, backoff_max)
+        if not self.nodes:
+            raise ValueError("the pool event stream needs a network: configure it or an upstream node")
+        return await learn_network(self.nodes, backoff_initial=self.backoff[0], backoff_max=self.backoff[1])
 
     def gauges(self) -> Iterable[Metric]:
         return event_gauges(

@@ -25,14 +25,14 @@ RATE_SMOOTHING = 0.3  # weight of the newest hash count in the per-worker rate
 
 
 class LocalMiners:
-    def __init__(self, pool: PoolService, count: int, *, share_weight: float = 0.0) -> None:
+    def __init__(self, pool: PoolService, count: int, *, share_weight: float = 0.0, address: str = "") -> None:
         self.pool = pool
         self.count = count
         self.share_weight = share_weight
         self._jobs: OrderedDict[str, Job] = OrderedDict()
         self._rates: dict[int, float] = {}
         self._names = [f"local-{i}" for i in range(count)]
-        self.address = ""  # local workers pay the pool's address; accounting name is enough
+        self.address = address  # local workers mine for the pool's address
 
     def hashrates(self) -> dict[str, float]:
         return {self._names[w]: rate for w, rate in sorted(self._rates.items())}

@@ -23,7 +23,8 @@ from miningproxy.hathor.template import BlockTemplate
 from miningproxy.latest import LatestValue
 from miningproxy.metrics import Metrics
 from miningproxy.pool.jobs import Generation, Job, JobFactory
-from miningproxy.pool.shares import ShareResult, check_share
+from miningproxy.events.pool_events import PoolEvents, PoolEventsBusy
+from miningproxy.pool.shares import STORAGE_BUSY, ShareResult, check_share
 from miningproxy.pool.stats import MinerId, PoolStats
 
 log = logging.getLogger("miningproxy.pool")
@@ -112,6 +113,7 @@ class PoolService:
         self._wallclock = wallclock
         self._seq = 0
         self.consumers = 0  # registered job consumers (rigs, local worker pools)
+        self.events: PoolEvents | None = None  # the accounting record, when event streams run
         self._broadcast: _Broadcast | None = None
         self._nursery: trio.Nursery | None = None
         self._in_flight: set[FoundBlock] = set()
@@ -163,6 +165,17 @@ class PoolService:
             generation = Generation(self._seq, template, update.node, trio.current_time())
             clean = previous is None or previous.tip != generation.tip
             self.jobs.set_generation(generation)
+            if self.events is not None:
+                if previous is None or previous.node != update.node:
+                    self.events.upstream_changed(node=update.node, previous=previous.node if previous else None)
+                self.events.template_changed(
+                    height=template.height,
+                    parent_hash=generation.tip.hex(),
+                    weight=template.weight,
+                    reward=template.reward,
+                    clean=clean,
+                    node=update.node,
+                )
             if clean:
                 log.info(
                     "new tip %s at height %d (weight %.2f) from %s",
@@ -233,17 +246,55 @@ class PoolService:
     def submit_share(
         self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None
     ) -> ShareResult:
+        """Judge and credit a share; for consumers that tell nobody (local workers)."""
+        return self._judge(miner, job, nonce, arrived_at)[0]
+
+    async def submit_share_durable(
+        self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None
+    ) -> ShareResult:
+        """Judge and credit a share, returning once its record is on disk: a rig told "ok" can
+        rely on the share being in the pool's accounting stream, whatever happens next."""
+        result, event_id = self._judge(miner, job, nonce, arrived_at)
+        if event_id is not None and self.events is not None:
+            await self.events.wait_durable(event_id)
+        return result
+
+    def _judge(
+        self, miner: MinerId, job: Job, nonce: int, arrived_at: float | None
+    ) -> tuple[ShareResult, int | None]:
         arrived_at = trio.current_time() if arrived_at is None else arrived_at
         result = check_share(job, nonce, self.tip)
+        event_id = None
+        if result.accepted and self.events is not None:
+            try:
+                event_id = self.events.share_accepted(
+                    miner=str(miner),
+                    worker=miner.worker,
+                    address=miner.address,
+                    job_id=job.job_id,
+                    share_weight=job.share_weight,
+                    hash=result.hash or b"",
+                    height=job.template.height,
+                )
+            except PoolEventsBusy:
+                if result.is_block:
+                    # A block is never dropped for bookkeeping: submit it, and say loudly that
+                    # the accounting record misses this share.
+                    log.error("accounting record busy: block share by %s credited without a record", miner)
+                    self.metrics.shares_unrecorded.inc()
+                else:
+                    # Crediting a share we cannot record would make the record lie: refuse it.
+                    job.seen_nonces.discard(nonce)
+                    result = STORAGE_BUSY
         if not result.accepted:
             self.stats.rejected(miner, result.reason)
             self.metrics.shares.labels("rejected", result.reason).inc()
-            return result
+            return result, None
         self.stats.accepted(miner, job.share_weight, arrived_at)
         self.metrics.shares.labels("accepted", "ok").inc()
         if result.is_block:
             self._block_found(miner, job, nonce, result.hash or b"", arrived_at)
-        return result
+        return result, event_id
 
     def _block_found(
         self, miner: MinerId, job: Job, nonce: int, block_hash: bytes, arrived_at: float
@@ -253,11 +304,31 @@ class PoolService:
         self.stats.block(miner)
         self.metrics.blocks.labels("found").inc()
         log.info("block found: height=%d hash=%s by %s", found.height, block_hash.hex(), miner)
+        if self.events is not None:
+            self.events.block_found(
+                hash=block_hash,
+                height=found.height,
+                weight=job.block_weight,
+                miner=str(miner),
+                worker=miner.worker,
+                address=miner.address,
+                job_id=job.job_id,
+            )
         struct = job.assembled.struct(nonce)
         if self._nursery is None:
             raise RuntimeError("PoolService.run() is not running")
         self._in_flight.add(found)  # now, not when the task starts: drain() must see it
         self._nursery.start_soon(self._submit_block, found, struct, arrived_at)
+
+    @staticmethod
+    def _block_fields(found: FoundBlock) -> dict[str, Any]:
+        miner = found.miner
+        return {"hash": found.hash, "height": found.height, "miner": str(miner), "worker": miner.worker,
+                "address": miner.address}
+
+    def _upstream_node(self) -> str:
+        generation = self.jobs.generation
+        return generation.node if generation else ""
 
     async def drain(self, timeout: float) -> None:
         """Wait (bounded) for in-flight block submissions; log any still pending."""
@@ -284,6 +355,8 @@ class PoolService:
     async def _submit(self, found: FoundBlock, struct: bytes, arrived_at: float) -> None:
         found.status = "submitted"
         self.metrics.blocks.labels("submitted").inc()
+        if self.events is not None:
+            self.events.block_submitted(**self._block_fields(found), node=self._upstream_node())
         self.metrics.block_submit_latency.observe(trio.current_time() - arrived_at)
         outcome = await self.upstream.submit(
             struct, block_hash=found.hash, on_late_fate=lambda late: self._record_fate(found, late)
@@ -305,6 +378,13 @@ class PoolService:
         found.reason = outcome.reason or ""
         found.node = outcome.node or ""
         self.metrics.blocks.labels(status).inc()
+        if self.events is not None:
+            if status == "accepted":
+                self.events.block_accepted(**self._block_fields(found), node=found.node)
+            else:
+                self.events.block_rejected(
+                    **self._block_fields(found), node=found.node, status=status, reason=found.reason
+                )
         level = logging.INFO if status == "accepted" else logging.WARNING
         log.log(
             level,

@@ -19,7 +19,7 @@ MAX_NONCE = (1 << (8 * NONCE_SIZE)) - 1
 @dataclass(frozen=True, slots=True)
 class ShareResult:
     accepted: bool
-    reason: str  # "ok" or why it was rejected: invalid-solution, stale, duplicate, bad-nonce
+    reason: str  # "ok" or why it was rejected: invalid-solution, stale, duplicate, bad-nonce, storage-busy
     hash: bytes | None = None  # big-endian block hash, when computed
     is_block: bool = False
 
@@ -27,6 +27,7 @@ class ShareResult:
 STALE = ShareResult(False, "stale")
 DUPLICATE = ShareResult(False, "duplicate")
 BAD_NONCE = ShareResult(False, "bad-nonce")
+STORAGE_BUSY = ShareResult(False, "storage-busy")  # the accounting record cannot keep up
 
 
 def check_share(job: Job, nonce: int, tip: bytes | None) -> ShareResult:

@@ -25,6 +25,7 @@ from typing import Any
 
 import trio
 
+from miningproxy.events.pool_events import PoolEventsBusy
 from miningproxy.hathor.networks import Network
 from miningproxy.metrics import Metrics
 from miningproxy.pool.stats import MinerId
@@ -253,6 +254,11 @@ class StratumServer:
             return "max_per_ip", f"refused: {self.settings.max_per_ip} connections from this IP"
         return None
 
+    async def wait_records_durable(self) -> None:
+        events = getattr(self.pool, "events", None)
+        if events is not None:
+            await events.flush()
+
     def _pool_has(self, name: str) -> bool:
         return callable(getattr(self.pool, name, None))
 
@@ -267,12 +273,31 @@ class StratumServer:
         if old == miner:
             return
         conn.miner = miner
+        events = getattr(self.pool, "events", None)
+        peer = conn.session.peer
         if miner is not None:
             self._miners[miner] += 1
+            if self._miners[miner] == 1 and events is not None:
+                _record(
+                    events.miner_connected,
+                    miner=str(miner),
+                    worker=miner.worker,
+                    address=miner.address,
+                    peer=peer,
+                )
         if old is not None:
             self._miners[old] -= 1
             if self._miners[old] <= 0:
                 del self._miners[old]
+                if events is not None:
+                    _record(
+                        events.miner_disconnected,
+                        miner=str(old),
+                        worker=old.worker,
+                        address=old.address,
+                        peer=peer,
+                        reason=conn.session.close_reason or "",
+                    )
                 stats = getattr(self.pool, "stats", None)
                 if stats is not None:
                     stats.forget(old)
@@ -402,6 +427,9 @@ class _Connection:
             data = session.data_to_send()
             if data:
                 taken = session.last_job_taken
+                if session.take_unsynced_accepts():
+                    # A rig told "ok" may rely on the share being in the accounting record.
+                    await self.server.wait_records_durable()
                 try:
                     with trio.move_on_after(timeout) as scope:
                         await self.stream.send_all(data)
@@ -436,3 +464,12 @@ class _Connection:
             if deadline is not None and now >= deadline:
                 session.tick(now)
                 self.server._after(self)
+
+
+def _record(write: Any, **fields: Any) -> None:
+    """Write a miner event to the pool's record; a record that cannot keep up loses this
+    informational event (logged), never the connection."""
+    try:
+        write(**fields)
+    except PoolEventsBusy as exc:
+        log.warning("pool record busy, %s not recorded: %s", write.__name__, exc)

@@ -167,6 +167,9 @@ class Session:
         self.meter = HashrateMeter()
         self.accepted = 0
         self.rejected: Counter[str] = Counter()
+        # An "ok" for a share is queued that the pool's accounting record may not hold on disk
+        # yet: the transport must wait for the record before writing it (take_unsynced_accepts).
+        self._unsynced_accepts = False
         self.blocks = 0
         self.last_share_at: float | None = None
         self._jobs: OrderedDict[str, tuple[Job, float]] = OrderedDict()  # job id -> (job, sent at)
@@ -502,8 +505,15 @@ class Session:
                 {"hash": (outcome.hash or b"").hex(), "target": job.share_target.hex()},
             )
 
+    def take_unsynced_accepts(self) -> bool:
+        """True once after share acceptances were queued: what follows must not be written before
+        the pool's record of them is durable."""
+        unsynced, self._unsynced_accepts = self._unsynced_accepts, False
+        return unsynced
+
     def _accepted(self, job: Job, sent_at: float, outcome: ShareResult, msgid: Any, now: float) -> None:
         self.accepted += 1
+        self._unsynced_accepts = True
         self.last_share_at = now
         self.meter.add(now, work_of(job.share_weight))
         if outcome.is_block:
