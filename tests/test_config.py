@@ -148,9 +148,17 @@ def test_cli_version():
 
 
 def test_stratum_tables_are_read_and_checked():
-    config = config_from_dict(minimal(stratum={"listen": "0.0.0.0:3333", "max_per_ip": 4,
-                                               "vardiff": {"target_interval": 5, "initial_weight": 12},
-                                               "ban": {"enabled": False}}, metrics={"per_rig": True}))
+    config = config_from_dict(
+        minimal(
+            stratum={
+                "listen": "0.0.0.0:3333",
+                "max_per_ip": 4,
+                "vardiff": {"target_interval": 5, "initial_weight": 12},
+                "ban": {"enabled": False},
+            },
+            metrics={"per_rig": True},
+        )
+    )
     assert config.stratum.listen == ("0.0.0.0", 3333)
     assert config.stratum.max_per_ip == 4
     assert config.stratum.vardiff.target_interval == 5 and config.stratum.vardiff.initial_weight == 12

@@ -25,7 +25,9 @@ RATE_SMOOTHING = 0.3  # weight of the newest hash count in the per-worker rate
 
 
 class LocalMiners:
-    def __init__(self, pool: PoolService, count: int, *, share_weight: float = 0.0, address: str = "") -> None:
+    def __init__(
+        self, pool: PoolService, count: int, *, share_weight: float = 0.0, address: str = ""
+    ) -> None:
         self.pool = pool
         self.count = count
         self.share_weight = share_weight

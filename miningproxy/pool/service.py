@@ -18,12 +18,12 @@ from typing import Any, Protocol
 
 import trio
 
+from miningproxy.events.pool_events import PoolEvents, PoolEventsBusy
 from miningproxy.hathor.addresses import decode_address
 from miningproxy.hathor.template import BlockTemplate
 from miningproxy.latest import LatestValue
 from miningproxy.metrics import Metrics
 from miningproxy.pool.jobs import Generation, Job, JobFactory
-from miningproxy.events.pool_events import PoolEvents, PoolEventsBusy
 from miningproxy.pool.shares import STORAGE_BUSY, ShareResult, check_share
 from miningproxy.pool.stats import MinerId, PoolStats
 
@@ -167,7 +167,9 @@ class PoolService:
             self.jobs.set_generation(generation)
             if self.events is not None:
                 if previous is None or previous.node != update.node:
-                    self.events.upstream_changed(node=update.node, previous=previous.node if previous else None)
+                    self.events.upstream_changed(
+                        node=update.node, previous=previous.node if previous else None
+                    )
                 self.events.template_changed(
                     height=template.height,
                     parent_hash=generation.tip.hex(),
@@ -323,8 +325,13 @@ class PoolService:
     @staticmethod
     def _block_fields(found: FoundBlock) -> dict[str, Any]:
         miner = found.miner
-        return {"hash": found.hash, "height": found.height, "miner": str(miner), "worker": miner.worker,
-                "address": miner.address}
+        return {
+            "hash": found.hash,
+            "height": found.height,
+            "miner": str(miner),
+            "worker": miner.worker,
+            "address": miner.address,
+        }
 
     def _upstream_node(self) -> str:
         generation = self.jobs.generation
