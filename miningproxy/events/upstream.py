@@ -38,6 +38,7 @@ from miningproxy.events.feed import EventFeed
 from miningproxy.events.log import IdentityMismatch, StoredEvent, StreamIdentity
 from miningproxy.events.metrics import EventMetrics
 from miningproxy.events.stream import ACK_TOO_LARGE, ACK_TOO_SMALL, EVENT_WS_NOT_RUNNING, dumps
+from miningproxy.upstream.backoff import Backoff
 from miningproxy.upstream.urls import ws_url
 
 log = logging.getLogger("miningproxy.events.upstream")
@@ -232,7 +233,8 @@ class NodeEventConsumer:
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()
-        backoff = self.backoff_initial
+        backoff = Backoff(self.backoff_initial, max(self.backoff_max, self.backoff_initial))
+        failures = 0
         while True:
             outcome = _Outcome("error")
             for node in self.nodes:
@@ -244,14 +246,14 @@ class NodeEventConsumer:
                     self.last_error = outcome.detail
                 self._count(outcome.kind)
                 if outcome.progressed:
-                    backoff = self.backoff_initial
+                    failures = 0
                     break  # it streamed and then ended: start over from the preferred node
             if outcome.kind == "mismatch" or (outcome.kind == "not-running" and not outcome.progressed):
                 self.state = outcome.kind
             else:
                 self.state = "reconnecting"
-            await trio.sleep(backoff)
-            backoff = min(backoff * 2, self.backoff_max)
+            failures += 1
+            await trio.sleep(backoff.delay(failures))
 
     def _count(self, kind: str) -> None:
         if self.metrics is not None:

@@ -30,6 +30,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 from wsproto.utilities import LocalProtocolError
 
+from miningproxy.upstream.backoff import Backoff
 from miningproxy.upstream.urls import ws_url
 
 logger = logging.getLogger("miningproxy.upstream.admin")
@@ -145,16 +146,13 @@ class AdminUpstream:
         self.nodes = list(nodes)
         self._ws_urls = {node: ws_url(node, ADMIN_WS_PATH) for node in self.nodes}
         self._prefer = prefer
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self._backoff = Backoff(backoff_initial, backoff_max, jitter, rng or random.Random())
         self._connect_timeout = connect_timeout
         self._ping_interval = ping_interval
         self._idle_timeout = idle_timeout
         self._follow_interval = follow_interval
         self._capabilities_timeout = capabilities_timeout
         self._max_message_size = max_message_size
-        self._jitter = jitter
-        self._rng = rng or random.Random()
         self._stream_slots = trio.CapacityLimiter(max_streams)
         self._slot_timeout = stream_slot_timeout
 
@@ -213,8 +211,7 @@ class AdminUpstream:
         )
 
     def backoff_delay(self, failures: int) -> float:
-        base = min(self._backoff_max, self._backoff_initial * 2.0 ** min(failures - 1, 64))
-        return base * (1.0 - self._jitter * self._rng.random())
+        return self._backoff.delay(failures)
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         task_status.started()

@@ -38,6 +38,7 @@ from miningproxy.hathor.block import BlockParseError, parse_block
 from miningproxy.hathor.template import BlockTemplate
 from miningproxy.latest import LatestValue
 from miningproxy.upstream import jsonrpc
+from miningproxy.upstream.backoff import Backoff
 from miningproxy.upstream.urls import ws_url
 
 logger = logging.getLogger("miningproxy.upstream")
@@ -217,22 +218,17 @@ class MiningUpstream:
             raise ValueError(f"backoff_max ({backoff_max}) must be >= backoff_initial ({backoff_initial})")
         if optimistic not in ("auto", "on", "off"):
             raise ValueError(f"optimistic must be 'auto', 'on' or 'off', got {optimistic!r}")
-        if not 0 <= jitter < 1:
-            raise ValueError(f"jitter must be in [0, 1), got {jitter!r}")
         if queue_max < 1:
             raise ValueError(f"queue_max must be at least 1, got {queue_max!r}")
         self._nodes = [_Node(url, ws_url(url, MINING_WS_PATH), i) for i, url in enumerate(nodes)]
         self._template_timeout = template_timeout
         self._failback_after = failback_after
-        self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self._backoff = Backoff(backoff_initial, backoff_max, jitter, rng or random.Random())
         self._optimistic: OptimisticMode = optimistic
         self._submit_timeout = submit_timeout
         self._connect_timeout = connect_timeout
         self._refresh_timeout = min(template_timeout, 10.0) if refresh_timeout is None else refresh_timeout
         self._queue_max = queue_max
-        self._jitter = jitter
-        self._rng = rng or random.Random()
         self._max_message_size = max_message_size
 
         self.templates: LatestValue[TemplateUpdate] = LatestValue()
@@ -345,8 +341,7 @@ class MiningUpstream:
     def backoff_delay(self, failures: int) -> float:
         """Delay before retrying a node after ``failures`` consecutive failures (>= 1), jittered
         down by up to ``jitter`` so that proxies restarted together do not retry in lockstep."""
-        base = min(self._backoff_max, self._backoff_initial * 2.0 ** min(failures - 1, 64))
-        return base * (1.0 - self._jitter * self._rng.random())
+        return self._backoff.delay(failures)
 
     async def _next_node(self) -> _Node:
         """The most preferred node that is not backing off; waits for one if all are."""
