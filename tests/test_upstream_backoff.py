@@ -14,7 +14,7 @@ from miningproxy.upstream.backoff import Backoff
 @given(st.integers(min_value=-5, max_value=10_000), st.floats(0, 0.99))
 def test_delay_stays_between_half_step_and_step_and_never_exceeds_the_cap(failures, jitter):
     backoff = Backoff(0.5, 30.0, jitter, random.Random(1))
-    step = min(30.0, 0.5 * 2 ** (max(failures, 1) - 1))
+    step = min(30.0, 0.5 * 2.0 ** min(max(failures, 1) - 1, 64))
     delay = backoff.delay(failures)
     assert step * (1 - jitter) - 1e-9 <= delay <= step <= 30.0
 
