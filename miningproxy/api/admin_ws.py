@@ -36,6 +36,7 @@ from miningproxy.api.fanout import ClientRegistry, encode
 from miningproxy.api.history_stream import AddressItem, VertexItem
 from miningproxy.api.http import HttpRequest, Router
 from miningproxy.api.pool_view import PoolView
+from miningproxy.excgroups import first_leaf
 from miningproxy.hathor.networks import Network
 from miningproxy.hathor.xpub import derive_addresses
 from miningproxy.upstream.admin import AdminUpstream, HistoryChannel, HistoryUnavailable
@@ -326,18 +327,5 @@ class HistoryRelay:
 
 def _network_leaf(group: BaseExceptionGroup) -> BaseException | None:
     """A lost-connection error inside ``group`` (anything else is a bug and re-raised)."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
     lost = (trio_websocket.ConnectionClosed, trio.BrokenResourceError, trio.ClosedResourceError, OSError)
-    for leaf in leaves:
-        if isinstance(leaf, HistoryUnavailable | lost):
-            return leaf
-    return None
+    return first_leaf(group, (HistoryUnavailable, *lost))

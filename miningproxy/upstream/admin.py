@@ -30,6 +30,7 @@ import trio
 from trio_websocket import ConnectionClosed, HandshakeError, WebSocketConnection, open_websocket_url
 from wsproto.utilities import LocalProtocolError
 
+from miningproxy.excgroups import first_leaf
 from miningproxy.upstream.backoff import Backoff
 from miningproxy.upstream.urls import ws_url
 
@@ -84,21 +85,7 @@ def _describe(e: BaseException) -> str:
 
 def _first_leaf(group: BaseExceptionGroup) -> BaseException | None:
     """The exception that ended a connection's tasks: an _Ended first, else a network error."""
-    leaves: list[BaseException] = []
-
-    def walk(exc: BaseException) -> None:
-        if isinstance(exc, BaseExceptionGroup):
-            for inner in exc.exceptions:
-                walk(inner)
-        else:
-            leaves.append(exc)
-
-    walk(group)
-    for kinds in ((_Ended,), _NET_ERRORS):
-        for leaf in leaves:
-            if isinstance(leaf, kinds):
-                return leaf
-    return None
+    return first_leaf(group, _Ended, _NET_ERRORS)
 
 
 class _Ended(Exception):
