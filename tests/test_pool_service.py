@@ -38,7 +38,7 @@ class FakeUpstream:
         self.submitted.append((struct, block_hash))
         await trio.sleep(self.delay)
         return SimpleNamespace(
-            status=self.status, reason="" if self.status == "accepted" else "nope", node="node-a"
+            status=self.status, reason="" if self.status == "accepted" else "nope", node="node-a", latency=self.delay
         )
 
 
@@ -104,6 +104,7 @@ async def test_block_share_is_submitted_and_counted(autojump_clock):
         text = pool.metrics.render().decode()
         assert 'miningproxy_blocks_total{result="accepted"} 1.0' in text
         assert 'miningproxy_blocks_total{result="found"} 1.0' in text
+        assert "miningproxy_block_submit_roundtrip_seconds_count 1.0" in text
         nursery.cancel_scope.cancel()
 
 

@@ -103,6 +103,7 @@ class PoolService:
     ) -> None:
         self.upstream = upstream
         self.metrics = metrics
+        self._shares_ok = metrics.shares.labels("accepted", "ok")  # per share: skip the label lookup
         self.payout_script = decode_address(address).script
         self.jobs = JobFactory(tag, wallclock=wallclock)
         self.job_refresh = job_refresh
@@ -166,18 +167,7 @@ class PoolService:
             clean = previous is None or previous.tip != generation.tip
             self.jobs.set_generation(generation)
             if self.events is not None:
-                if previous is None or previous.node != update.node:
-                    self.events.upstream_changed(
-                        node=update.node, previous=previous.node if previous else None
-                    )
-                self.events.template_changed(
-                    height=template.height,
-                    parent_hash=generation.tip.hex(),
-                    weight=template.weight,
-                    reward=template.reward,
-                    clean=clean,
-                    node=update.node,
-                )
+                self._record_generation(generation, previous, clean)
             if clean:
                 log.info(
                     "new tip %s at height %d (weight %.2f) from %s",
@@ -187,6 +177,32 @@ class PoolService:
                     update.node,
                 )
             self._publish(WorkSignal(generation, clean, self._seq, trio.current_time()))
+
+    def attach_events(self, events: PoolEvents) -> None:
+        """Start writing the pool's record; the template being mined goes in first."""
+        self.events = events
+        generation = self.jobs.generation
+        if generation is not None:
+            self._record_generation(generation, None, True)
+
+    def _record_generation(self, generation: Generation, previous: Generation | None, clean: bool) -> None:
+        assert self.events is not None
+        template = generation.template
+        try:  # informational: a record that cannot keep up loses it (logged), never the work
+            if previous is None or previous.node != generation.node:
+                self.events.upstream_changed(
+                    node=generation.node, previous=previous.node if previous else None
+                )
+            self.events.template_changed(
+                height=template.height,
+                parent_hash=generation.tip.hex(),
+                weight=template.weight,
+                reward=template.reward,
+                clean=clean,
+                node=generation.node,
+            )
+        except PoolEventsBusy as exc:
+            log.warning("pool record busy, template change not recorded: %s", exc)
 
     async def _refresh_jobs(self) -> None:
         # New jobs at least every job_refresh seconds, so block timestamps follow the clock (the
@@ -293,7 +309,7 @@ class PoolService:
             self.metrics.shares.labels("rejected", result.reason).inc()
             return result, None
         self.stats.accepted(miner, job.share_weight, arrived_at)
-        self.metrics.shares.labels("accepted", "ok").inc()
+        self._shares_ok.inc()
         if result.is_block:
             self._block_found(miner, job, nonce, result.hash or b"", arrived_at)
         return result, event_id
@@ -376,6 +392,8 @@ class PoolService:
                 "block pending: height=%d hash=%s (%s)", found.height, found.hash.hex(), outcome.reason
             )
             return
+        if outcome.status in ("accepted", "rejected", "stale") and getattr(outcome, "latency", None) is not None:
+            self.metrics.block_submit_roundtrip.observe(outcome.latency)  # submit() to the node's verdict
         self._record_fate(found, outcome)
 
     def _record_fate(self, found: FoundBlock, outcome: Any) -> None:
