@@ -33,8 +33,13 @@ lint: $(VENV)/.installed-test
 	$(BIN)/ruff check hashing miningproxy tests bench
 	$(BIN)/ruff format --check hashing miningproxy tests bench
 
-bench: $(VENV)/.installed-test
-	$(BIN)/python -m bench
+# Benchmarks also need the bench extra (matplotlib for the plots); `make test` stays free of it.
+$(VENV)/.installed-bench: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,bench]'
+	@touch $@ $(VENV)/.installed-test $(VENV)/.installed
+
+bench: $(VENV)/.installed-bench
+	$(BIN)/python -m bench $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis

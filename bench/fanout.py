@@ -1,0 +1,116 @@
+"""Figure 2, job fan-out: from the upstream's ``mining.notify`` to the last of N rigs holding its job.
+
+A fake node (``bench/fakenode.py``, its own process) takes the monotonic time ``t0`` right before
+it writes ``mining.notify`` with a new tip; the proxy (real MiningUpstream -> PoolService ->
+StratumServer, its own process) turns it into one job per rig; the rig simulator (a third
+process) stamps the moment each rig's socket delivers the clean job. Latency per rig = arrival -
+t0 (CLOCK_MONOTONIC is shared by all processes).
+
+Baseline, measured in the same run and interleaved round by round: a bare trio server holding the
+same N rig sockets that, on the node's message, writes one pre-encoded job line to each socket in
+a loop.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from bench.common import Child, median, percentile
+
+GOALS_P99 = {1000: 0.025, 10000: 0.250}
+SHARE_WEIGHT = 16.0  # pinned: no vardiff retarget sends jobs of its own during a round
+CURVE_POINTS = 200
+
+
+def _setup(kind: str, size: int) -> tuple[Child, Child, Child]:
+    node = Child("bench.fakenode", name=f"fake node ({kind})")
+    node_port = node.receive()["port"]
+    if kind == "proxy":
+        args = (
+            "stratum",
+            "--node",
+            f"http://127.0.0.1:{node_port}/v1a/",
+            "--share-weight",
+            str(SHARE_WEIGHT),
+        )
+    else:
+        args = ("bare", "--node", f"ws://127.0.0.1:{node_port}/v1a/mining_ws")
+    server = Child("bench.servers", *args, name=f"{kind} server")
+    port = server.receive(60)["port"]
+    deadline = time.monotonic() + 30
+    while node.ask(cmd="clients")["clients"] < 1:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{kind}: the server never connected to the fake node")
+        time.sleep(0.05)
+    rigs = Child(
+        "bench.rigsim",
+        *("--port", str(port), "--count", str(size), "--mode", "stratum" if kind == "proxy" else "bare"),
+        name=f"rigsim ({kind})",
+    )
+    ready = rigs.receive(300)
+    if ready["ready"] != size:
+        raise RuntimeError(f"{kind}: only {ready['ready']} of {size} rigs ready: {ready}")
+    return node, server, rigs
+
+
+def _round(node: Child, rigs: Child) -> list[float]:
+    rigs.ask(cmd="arm", timeout=60)
+    t0 = node.ask(cmd="notify")["t0"]
+    answer = rigs.receive(90)
+    if answer["missing"]:
+        raise RuntimeError(f"{answer['missing']} rigs never received the new job")
+    return sorted(a - t0 for a in answer["arrivals"])
+
+
+def _curve(latencies: list[float]) -> list[float]:
+    """The latency distribution at CURVE_POINTS evenly spaced quantiles (for the plot)."""
+    n = len(latencies)
+    return [latencies[min(n - 1, int(i * n / CURVE_POINTS))] for i in range(CURVE_POINTS)] + [latencies[-1]]
+
+
+def run(
+    *, quick: bool = False, sizes: tuple[int, ...] | None = None, rounds: int | None = None
+) -> dict[str, Any]:
+    sizes = sizes or ((100, 1000) if quick else (100, 1000, 10000))
+    rounds = rounds or (2 if quick else 5)
+    result: dict[str, Any] = {"rounds": rounds, "sizes": {}}
+    for size in sizes:
+        children: dict[str, tuple[Child, Child, Child]] = {}
+        per_round: dict[str, list[list[float]]] = {"baseline": [], "proxy": []}
+        try:
+            for kind in per_round:
+                children[kind] = _setup(kind, size)
+            for _ in range(rounds):
+                for kind in per_round:
+                    node, _, rigs = children[kind]
+                    per_round[kind].append(_round(node, rigs))
+                    time.sleep(0.2 + size / 20000)  # let the servers settle before the next round
+        finally:
+            for trio_ in children.values():
+                for child in reversed(trio_):
+                    child.close()
+        summary: dict[str, Any] = {}
+        for kind, lats in per_round.items():
+            summary[kind] = {
+                "p50": median([percentile(r, 50) for r in lats]),
+                "p99": median([percentile(r, 99) for r in lats]),
+                "max": median([r[-1] for r in lats]),
+                "p99_runs": [round(percentile(r, 99) * 1000, 2) for r in lats],
+                "curve": _curve(lats[len(lats) // 2]),
+            }
+        summary["ratio_p99"] = summary["proxy"]["p99"] / summary["baseline"]["p99"]
+        summary["ratio_p50"] = summary["proxy"]["p50"] / summary["baseline"]["p50"]
+        result["sizes"][str(size)] = summary
+    return result
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    out = run(quick="--quick" in sys.argv)
+    for s in out["sizes"].values():
+        for k in ("baseline", "proxy"):
+            s[k].pop("curve")
+    print(json.dumps(out, indent=1))

@@ -1,0 +1,421 @@
+"""Rig simulator: many raw TCP Stratum rigs in one process, on a bare epoll loop.
+
+``python -m bench.rigsim --port P --count N [--mode stratum|echo|bare] [--window W]``
+
+It connects ``N`` rigs (a bounded number of connects at a time, so the listen backlog never
+overflows), subscribes and authorizes each (``ADDRESS.rigI``), and prints ``{"ready": N}`` once
+every rig holds a job. Then it obeys JSON commands on stdin, one answer line each:
+
+``{"cmd": "shares", "seconds": S, "warmup": W}``
+    every rig keeps ``window`` valid shares in flight (a reply frees a slot, which is refilled at
+    once); answers the replies counted in the S seconds after a warm-up of W seconds.
+``{"cmd": "arm"}``
+    answers ``{"armed": true}`` at once; then, when every rig has received its next clean job
+    (a line holding ``"clean":true``), answers ``{"arrivals": [monotonic seconds, ...]}``.
+``{"cmd": "submit", "count": K, "gap": G}``
+    rig 0 sends K shares that meet its job's weight, one at a time (the next G seconds after the
+    previous reply); answers ``{"sends": [[nonce_hex, monotonic seconds], ...]}``.
+``{"cmd": "quit"}``
+
+Modes: ``stratum`` (the proxy), ``echo`` (a line-echo server: the echoed subscribe makes a rig
+ready, an echoed submit counts as its reply; a fixed job is mined so the rig's work per share is
+the same), ``relay`` (a server that answers nothing: a rig is ready once connected) and
+``bare`` (a server that answers the subscribe with a job line and later broadcasts
+one). Times are ``time.monotonic()`` (CLOCK_MONOTONIC): comparable across processes.
+
+The simulator does the least per line it can (byte tests, JSON only for jobs), so one core of it
+can drive one core of a server.
+"""
+
+from __future__ import annotations
+
+import argparse
+import errno
+import hashlib
+import json
+import os
+import select
+import socket
+import sys
+import time
+
+from bench.common import PRIVATENET_ADDRESS, raise_nofile
+from hashing.pow import target_to_bytes, weight_to_target
+
+CONNECTS_IN_FLIGHT = 256
+FAKE_HEADER = bytes(range(64))
+FAKE_WEIGHT = 0.1
+FIRST_SHARE_ID = 100
+_sha256 = hashlib.sha256
+
+
+def cpu_seconds(pid: int | None) -> float:
+    """User + system CPU time of process ``pid`` (all its threads) so far; 0 without a pid."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class Rig:
+    __slots__ = (
+        "index", "sock", "fd", "inbuf", "outbuf", "connected", "ready", "mid", "target", "job_id",
+        "nonce", "next_id", "inflight", "arrived", "last_reply",
+    )  # fmt: skip
+
+    def __init__(self, index: int, sock: socket.socket) -> None:
+        self.index = index
+        self.sock = sock
+        self.fd = sock.fileno()
+        self.inbuf = b""
+        self.outbuf = b""
+        self.connected = False
+        self.ready = False
+        self.mid = None
+        self.target = b""
+        self.job_id = b""
+        self.nonce = index << 64  # rigs never search the same nonces
+        self.next_id = FIRST_SHARE_ID
+        self.inflight = 0
+        self.arrived: float | None = None
+        self.last_reply = b""
+
+    def set_job(self, header: bytes, weight: float, job_id: str) -> None:
+        self.mid = _sha256(header)
+        self.target = target_to_bytes(weight_to_target(weight))
+        self.job_id = job_id.encode()
+
+    def share(self) -> tuple[int, bytes]:
+        """The next nonce that meets the job's weight, as a submit line."""
+        mid, target = self.mid, self.target
+        nonce = self.nonce
+        while True:
+            nonce += 1
+            h = mid.copy()  # type: ignore[attr-defined]
+            h.update(nonce.to_bytes(16, "big"))
+            if _sha256(h.digest()).digest()[::-1] < target:
+                break
+        self.nonce = nonce
+        msgid = self.next_id
+        self.next_id += 1
+        line = b'{"id":%d,"method":"submit","params":{"job_id":"%s","nonce":"%032x"}}\n' % (
+            msgid,
+            self.job_id,
+            nonce,
+        )
+        return nonce, line
+
+
+class Simulator:
+    def __init__(self, host: str, port: int, count: int, mode: str, window: int) -> None:
+        self.host, self.port, self.count, self.mode, self.window = host, port, count, mode, window
+        self.epoll = select.epoll()
+        self.rigs: dict[int, Rig] = {}
+        self.started = 0
+        self.pending = 0  # connected or connecting, not ready yet
+        self.ready = 0
+        self.failed: list[str] = []
+        self.sharing = False
+        self.counting = False
+        self.ok = 0
+        self.errors = 0
+        self.first_error = b""
+        self.armed = False
+        self.arrived = 0
+        self.deferred: list[tuple[Rig, bytes]] = []
+        self.stdin = b""
+        self.commands: list[dict] = []
+        self.epoll.register(0, select.EPOLLIN)
+
+    # --- plumbing --------------------------------------------------------------------------------
+
+    def say(self, **answer: object) -> None:
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
+
+    def connect_more(self) -> None:
+        while self.started < self.count and self.pending < CONNECTS_IN_FLIGHT:
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            sock.setblocking(False)
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            rig = Rig(self.started, sock)
+            self.started += 1
+            self.pending += 1
+            code = sock.connect_ex((self.host, self.port))
+            if code not in (0, errno.EINPROGRESS):
+                self.failed.append(os.strerror(code))
+                sock.close()
+                self.pending -= 1
+                continue
+            self.rigs[rig.fd] = rig
+            self.epoll.register(rig.fd, select.EPOLLOUT | select.EPOLLIN)
+
+    def send(self, rig: Rig, data: bytes) -> None:
+        if rig.outbuf:
+            rig.outbuf += data
+            return
+        try:
+            sent = rig.sock.send(data)
+        except BlockingIOError:
+            sent = 0
+        if sent < len(data):
+            rig.outbuf = data[sent:]
+            self.epoll.modify(rig.fd, select.EPOLLIN | select.EPOLLOUT)
+
+    def on_connected(self, rig: Rig) -> None:
+        code = rig.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        if code:
+            self.fail(rig, f"connect: {os.strerror(code)}")
+            return
+        rig.connected = True
+        self.epoll.modify(rig.fd, select.EPOLLIN)
+        worker = f"{PRIVATENET_ADDRESS}.rig{rig.index}".encode()
+        self.send(
+            rig,
+            b'{"id":1,"method":"subscribe","params":["rigsim/1.0",null]}\n'
+            b'{"id":2,"method":"authorize","params":["%s","x"]}\n' % worker,
+        )
+        if self.mode == "relay":  # a relay answers nothing: mine the fixed job at once
+            rig.set_job(FAKE_HEADER, FAKE_WEIGHT, "00" * 16)
+            self.became_ready(rig)
+
+    def fail(self, rig: Rig, reason: str) -> None:
+        self.failed.append(reason)
+        self.epoll.unregister(rig.fd)
+        del self.rigs[rig.fd]
+        rig.sock.close()
+        if not rig.ready:
+            self.pending -= 1
+
+    def became_ready(self, rig: Rig) -> None:
+        rig.ready = True
+        self.ready += 1
+        self.pending -= 1
+
+    # --- lines -----------------------------------------------------------------------------------
+
+    def on_line(self, rig: Rig, line: bytes, now: float) -> None:
+        mode = self.mode
+        if b'"method":"job"' in line:
+            params = json.loads(line)["params"]
+            rig.set_job(bytes.fromhex(params["data"]), params["weight"], params["job_id"])
+            if not rig.ready:
+                self.became_ready(rig)
+            return
+        if mode == "echo":
+            if not rig.ready:
+                rig.set_job(FAKE_HEADER, FAKE_WEIGHT, "00" * 16)
+                self.became_ready(rig)
+            elif b'"method":"submit"' in line:
+                self.on_reply(rig, True, line)
+            return
+        if line.startswith(b'{"result"'):
+            self.on_reply(rig, line.startswith(b'{"result":"ok"'), line)
+        elif line.startswith(b'{"error"'):
+            self.on_reply(rig, False, line)
+        elif b'"client.get_version"' in line:
+            msgid = json.loads(line)["id"]
+            self.send(rig, b'{"id":%s,"result":"rigsim/1.0","error":null}\n' % json.dumps(msgid).encode())
+
+    def on_reply(self, rig: Rig, ok: bool, line: bytes) -> None:
+        rig.last_reply = line
+        if rig.inflight <= 0:
+            return  # a reply to subscribe or authorize
+        rig.inflight -= 1
+        if self.counting:
+            if ok:
+                self.ok += 1
+            else:
+                self.errors += 1
+                self.first_error = self.first_error or line
+
+    def on_readable(self, rig: Rig) -> None:
+        try:
+            data = rig.sock.recv(262144)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as exc:
+            self.fail(rig, f"recv: {exc}")
+            return
+        now = time.monotonic()
+        if not data:
+            self.fail(rig, f"closed by the server (last line {rig.last_reply[:200]!r})")
+            return
+        if self.armed:
+            # Stamp now, parse later: parsing here would delay the stamps of the sockets after it.
+            if rig.arrived is None and b'"clean":true' in data:
+                rig.arrived = now
+                self.arrived += 1
+            self.deferred.append((rig, data))
+            return
+        self.take(rig, data, now)
+
+    def take(self, rig: Rig, data: bytes, now: float) -> None:
+        buffer = rig.inbuf + data if rig.inbuf else data
+        if buffer[-1:] == b"\n":
+            rig.inbuf = b""
+            lines = buffer.split(b"\n")
+            lines.pop()
+        else:
+            lines = buffer.split(b"\n")
+            rig.inbuf = lines.pop()
+        for line in lines:
+            self.on_line(rig, line, now)
+        if self.sharing and rig.inflight < self.window and rig.ready:
+            # Refill the window in one write, as a pipelining client does.
+            missing = self.window - rig.inflight
+            rig.inflight = self.window
+            self.send(rig, b"".join(rig.share()[1] for _ in range(missing)))
+
+    def poll(self, timeout: float) -> None:
+        for fd, mask in self.epoll.poll(timeout):
+            if fd == 0:
+                self.read_stdin()
+                continue
+            rig = self.rigs.get(fd)
+            if rig is None:
+                continue
+            if not rig.connected:
+                if mask & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
+                    self.on_connected(rig)
+                continue
+            if mask & select.EPOLLOUT and rig.outbuf:
+                data, rig.outbuf = rig.outbuf, b""
+                self.send(rig, data)
+                if not rig.outbuf:
+                    self.epoll.modify(rig.fd, select.EPOLLIN)
+            if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
+                self.on_readable(rig)
+
+    def read_stdin(self) -> None:
+        data = os.read(0, 65536)
+        if not data:
+            self.commands.append({"cmd": "quit"})
+            return
+        self.stdin += data
+        while b"\n" in self.stdin:
+            line, _, self.stdin = self.stdin.partition(b"\n")
+            if line.strip():
+                self.commands.append(json.loads(line))
+
+    # --- phases ----------------------------------------------------------------------------------
+
+    def connect_all(self, timeout: float) -> None:
+        started = time.monotonic()
+        deadline = started + timeout
+        while self.ready + len(self.failed) < self.count and time.monotonic() < deadline:
+            self.connect_more()
+            self.poll(0.05)
+        self.say(
+            ready=self.ready,
+            failed=len(self.failed),
+            failures=sorted(set(self.failed))[:5],
+            seconds=time.monotonic() - started,
+        )
+
+    def shares(self, seconds: float, warmup: float, pid: int | None = None) -> None:
+        self.sharing, self.ok, self.errors, self.first_error = True, 0, 0, b""
+        for rig in self.rigs.values():
+            if rig.ready:
+                data = b"".join(rig.share()[1] for _ in range(self.window - rig.inflight))
+                rig.inflight = self.window
+                self.send(rig, data)
+        start = time.monotonic() + warmup
+        end = start + seconds
+        while (now := time.monotonic()) < start:
+            self.poll(start - now)
+        cpu0 = cpu_seconds(pid)
+        self.counting = True
+        while (now := time.monotonic()) < end:
+            self.poll(end - now)
+        self.counting = False
+        elapsed = time.monotonic() - start
+        cpu = cpu_seconds(pid) - cpu0
+        ok, errors = self.ok, self.errors
+        self.sharing = False
+        drain = time.monotonic() + 5.0  # let the shares in flight come back before the next run
+        while any(r.inflight for r in self.rigs.values()) and time.monotonic() < drain:
+            self.poll(0.05)
+        self.say(
+            ok=ok,
+            errors=errors,
+            seconds=elapsed,
+            rate=ok / elapsed,
+            server_cpu=cpu,
+            cpu_rate=ok / cpu if cpu > 0 else None,
+            rigs=len(self.rigs),
+            first_error=self.first_error[:300].decode(errors="replace"),
+        )
+
+    def arm(self, timeout: float) -> None:
+        for rig in self.rigs.values():
+            rig.arrived = None
+        self.armed, self.arrived = True, 0
+        self.say(armed=True)
+        deadline = time.monotonic() + timeout
+        while self.arrived < len(self.rigs) and time.monotonic() < deadline:
+            self.poll(min(0.05, max(0.0, deadline - time.monotonic())))
+        self.armed = False
+        deferred, self.deferred = self.deferred, []
+        for rig, data in deferred:
+            if rig.fd in self.rigs:
+                self.take(rig, data, time.monotonic())
+        arrivals = [r.arrived for r in self.rigs.values() if r.arrived is not None]
+        self.say(arrivals=arrivals, missing=len(self.rigs) - len(arrivals))
+
+    def submit(self, count: int, gap: float) -> None:
+        rig = next(iter(self.rigs.values()))
+        sends = []
+        for _ in range(count):
+            nonce, line = rig.share()
+            rig.inflight += self.mode != "relay"  # a relay never answers: do not wait for it
+            sent_at = time.monotonic()
+            self.send(rig, line)
+            sends.append([f"{nonce:032x}", sent_at])
+            deadline = sent_at + 10.0
+            while rig.inflight and time.monotonic() < deadline:
+                self.poll(0.01)
+            until = time.monotonic() + gap
+            while (now := time.monotonic()) < until:
+                self.poll(until - now)
+        self.say(sends=sends, last_reply=rig.last_reply[:200].decode(errors="replace"))
+
+    def serve(self) -> None:
+        while True:
+            while not self.commands:
+                self.poll(1.0)
+            command = self.commands.pop(0)
+            cmd = command.get("cmd")
+            if cmd == "quit":
+                return
+            if cmd == "shares":
+                self.shares(float(command["seconds"]), float(command.get("warmup", 0.3)), command.get("pid"))
+            elif cmd == "arm":
+                self.arm(float(command.get("timeout", 60.0)))
+            elif cmd == "submit":
+                self.submit(int(command["count"]), float(command.get("gap", 0.002)))
+            elif cmd == "ping":
+                self.say(pong=True, rigs=len(self.rigs), failed=len(self.failed))
+            else:
+                self.say(error=f"unknown command {cmd!r}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--count", type=int, default=1)
+    parser.add_argument("--mode", choices=("stratum", "echo", "bare", "relay"), default="stratum")
+    parser.add_argument("--window", type=int, default=1, help="shares in flight per rig")
+    parser.add_argument("--connect-timeout", type=float, default=120.0)
+    args = parser.parse_args(argv)
+    raise_nofile(args.count + 64)
+    sim = Simulator(args.host, args.port, args.count, args.mode, args.window)
+    sim.connect_all(args.connect_timeout)
+    sim.serve()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,97 @@
+"""Every benchmark module runs end to end at a tiny size, so the bench code cannot rot.
+
+These are not measurements: sizes and durations are the smallest that exercise each path (child
+processes, the rig simulator, the fake node, the document writer).
+"""
+
+from __future__ import annotations
+
+import json
+
+from bench import connections, event_replay, fanout, report, share_path, submit_latency
+from bench.common import percentile
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(i) for i in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    assert percentile([3.0], 99) == 3.0
+
+
+def test_share_path_runs_against_echo_and_the_proxy() -> None:
+    result = share_path.run(sizes=(2,), seconds=0.3, reps=1)
+    size = result["sizes"]["2"]
+    for name in ("echo", "proxy", "proxy+record"):
+        assert size[name]["rate"] > 0
+    assert size["proxy"]["ratio"] > 0
+    assert report.rows("share_path", json.loads(json.dumps(result)))
+
+
+def test_fanout_times_every_rig() -> None:
+    result = fanout.run(sizes=(5,), rounds=1)
+    size = result["sizes"]["5"]
+    for kind in ("baseline", "proxy"):
+        assert 0 < size[kind]["p50"] <= size[kind]["p99"] <= size[kind]["max"] < 10
+    assert report.rows("fanout", json.loads(json.dumps(result)))
+
+
+def test_connections_measures_memory_per_rig() -> None:
+    result = connections.run(sizes=(50,))
+    entry = result["sizes"]["50"]
+    assert entry["rigs"] == 50
+    assert entry["proxy"]["rss_after"] > 0 and entry["baseline"]["rss_after"] > 0
+    assert report.rows("connections", json.loads(json.dumps(result)))
+
+
+def test_event_replay_runs_each_window() -> None:
+    result = event_replay.run(events=300, windows=(1, 100), reps=1, window1_events=50)
+    assert set(result["replay"]) == {1, 100}
+    assert all(rate > 0 for rate in result["replay"].values())
+    assert result["sqlite_read_json"] > 0
+
+
+def test_submit_latency_matches_every_block() -> None:
+    result = submit_latency.run(count=6, chunks=1)
+    assert result["samples"] == 6
+    for kind in ("baseline", "proxy"):
+        assert 0 < result[kind]["p50"] <= result[kind]["p99"] < 10
+
+
+def test_render_writes_every_section(tmp_path) -> None:
+    stored = {
+        "submit_latency": {
+            "result": {
+                "samples": 2,
+                "gap": 0.004,
+                "proxy": {"p50": 0.001, "p90": 0.002, "p99": 0.003, "max": 0.003, "sorted": [0.001, 0.003]},
+                "baseline": {
+                    "p50": 0.0005,
+                    "p90": 0.001,
+                    "p99": 0.001,
+                    "max": 0.001,
+                    "sorted": [0.0005, 0.001],
+                },
+                "ratio_p99": 3.0,
+                "ratio_p50": 2.0,
+            },
+            "machine": {
+                "cpu": "x",
+                "cores": 2,
+                "python": "CPython 3.11",
+                "trio": "0",
+                "os": "Linux",
+                "load_before": 0.1,
+                "load_after": 0.2,
+            },
+            "command": "python -m bench --only submit_latency",
+            "quick": False,
+            "when": "now",
+            "seconds": 1.0,
+        }
+    }
+    text = report.render(stored, {})
+    assert "## 5. Block submit latency" in text
+    assert "python -m bench --only submit_latency" in text
+    assert "**missed**" in text  # p99 3 ms > 2 ms
