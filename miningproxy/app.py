@@ -13,6 +13,7 @@ import signal
 import ssl
 import time
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +24,16 @@ from miningproxy.api.admin_ws import ProxyAdmin
 from miningproxy.api.http import HttpRequest, HttpResponse, Router, serve_http
 from miningproxy.api.mining_ws import MiningRelay
 from miningproxy.api.pool_view import PoolView
+from miningproxy.api.status_page import StatusPage
+from miningproxy.api.status_page import mount as mount_status_page
 from miningproxy.config import Config, ConfigError
-from miningproxy.events.log import IdentityMismatch
+from miningproxy.events.log import EventLogError, IdentityMismatch
 from miningproxy.events.service import EventsService
 from miningproxy.hathor.addresses import AddressError, decode_address
 from miningproxy.hathor.networks import MAINNET, Network, network_for_name
 from miningproxy.metrics import CONTENT_TYPE, Metrics, gauge
 from miningproxy.pool.local_miners import LocalMiners
+from miningproxy.pool.recovery import settle_unfinished_blocks
 from miningproxy.pool.service import PoolService
 from miningproxy.stratum.server import StratumServer
 from miningproxy.upstream.admin import AdminUpstream
@@ -57,6 +61,7 @@ class App:
     stratum: StratumServer | None = None
     http_port: int | None = None
     network: Network | None = None  # learned from the upstream's /v1a/version
+    status_page: StatusPage | None = None  # / and /pool/status, /pool/miners, /pool/hashrate
 
     # --- health and live gauges ----------------------------------------------------------------
 
@@ -176,22 +181,27 @@ def build_app(config: Config) -> App:
             pool, config.workers.count, share_weight=config.workers.share_weight, address=config.pool.address
         )
     ev = config.events
-    Path(ev.database).parent.mkdir(parents=True, exist_ok=True)
-    events = EventsService(
-        database=ev.database,
-        nodes=up.nodes,
-        network=ev.network,
-        synchronous=ev.synchronous,
-        consume_upstream=ev.consume_upstream,
-        upstream_window=ev.upstream_window,
-        retention_count=ev.retention_count,
-        retention_age=ev.retention_age,
-        retention_interval=ev.retention_interval,
-        send_timeout=ev.send_timeout,
-        backoff_initial=up.backoff_initial,
-        backoff_max=up.backoff_max,
-        registry=metrics.registry,
-    )
+    try:  # a read-only or full disk is a clear error at start-up, not a traceback
+        Path(ev.database).parent.mkdir(parents=True, exist_ok=True)
+        events = EventsService(
+            database=ev.database,
+            nodes=up.nodes,
+            network=ev.network,
+            synchronous=ev.synchronous,
+            consume_upstream=ev.consume_upstream,
+            upstream_window=ev.upstream_window,
+            retention_count=ev.retention_count,
+            retention_age=ev.retention_age,
+            retention_interval=ev.retention_interval,
+            send_timeout=ev.send_timeout,
+            backoff_initial=up.backoff_initial,
+            backoff_max=up.backoff_max,
+            registry=metrics.registry,
+        )
+    except (OSError, EventLogError) as exc:
+        raise ConfigError("events.database", f"cannot open {ev.database}: {exc}") from None
+    if config.devnode.enabled:
+        _forget_devnet_node_events(events)
     app = App(config, metrics, upstream, pool, local, Router(), time.time(), events)
     events.mount(app.router)
     metrics.add_live_gauges(events.gauges)
@@ -250,6 +260,18 @@ def _stratum_tls(config: Config) -> ssl.SSLContext | None:
     return context
 
 
+def _forget_devnet_node_events(events: EventsService) -> None:
+    """The embedded dev node keeps its chain in memory: each start is a new chain and a new event
+    queue. Relaying it after last run's node events would mix two sequences (the proxy refuses
+    that and stops appending), so the node sequence starts afresh; the pool's record is kept."""
+    deleted = events.log.forget("node")
+    events.node_feed.reload()
+    if deleted:
+        log.info(
+            "embedded dev node: a new chain, so its %d relayed events of the last run are dropped", deleted
+        )
+
+
 def network_of_address(address: str) -> Network:
     """The network an address belongs to, as far as its version byte tells (until the node says)."""
     version = decode_address(address).version
@@ -267,14 +289,10 @@ def _add_routes(app: App) -> None:
     async def blocks(request: HttpRequest) -> HttpResponse:
         return HttpResponse.json({"blocks": [b.to_json() for b in reversed(app.pool.blocks)]})
 
-    async def miners(request: HttpRequest) -> HttpResponse:
-        rigs = app.stratum.rigs() if app.stratum is not None else []
-        return HttpResponse.json({"miners": rigs})
-
     app.router.http("/metrics", metrics_page)
     app.router.http("/health", health)
     app.router.http("/pool/blocks", blocks)
-    app.router.http("/pool/miners", miners)
+    app.status_page = mount_status_page(app.router, app)  # also /pool/miners (rigs and local workers)
 
 
 async def run_app(config: Config, *, task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED) -> None:
@@ -284,6 +302,8 @@ async def run_app(config: Config, *, task_status: trio.TaskStatus[App] = trio.TA
             await _start_devnode(nursery, config)
         await nursery.start(app.upstream.run)
         await nursery.start(app.pool.run)
+        if app.status_page is not None:
+            await nursery.start(app.status_page.run)
         if app.admin_upstream is not None and app.admin is not None:
             await nursery.start(app.admin_upstream.run)
             await nursery.start(app.admin.run)
@@ -334,8 +354,6 @@ async def _network_then_events(app: App, nursery: trio.Nursery) -> None:
         raise ConfigError("pool.address", f"{exc}; the upstream node runs {name!r}") from None
     if app.admin is not None:
         app.admin.network = app.network
-    if app.stratum is not None:
-        app.stratum.set_network(app.network)
     if app.events.network is None:
         app.events.network = name
     try:
@@ -345,7 +363,13 @@ async def _network_then_events(app: App, nursery: trio.Nursery) -> None:
             "events.database",
             f"{app.config.events.database} holds another stream ({exc}); point events.database at a new file",
         ) from None
-    app.pool.events = app.events.pool
+    upto = app.events.pool_feed.last_id  # nothing of this run is recorded yet
+    app.pool.attach_events(app.events.pool)
+    if app.stratum is not None:
+        # Only now: a rig subscribed earlier could be told "ok" for a share the record never saw.
+        app.stratum.set_network(app.network)
+    # Blocks a previous run found but never learned the fate of get one now (pool/recovery.py).
+    nursery.start_soon(partial(settle_unfinished_blocks, app.pool, up.nodes, upto=upto))
 
 
 async def _wait_for_signal() -> None:
@@ -377,6 +401,7 @@ def _announce(app: App) -> None:
     ws = f"ws://{listen.host}:{app.http_port}"
     lines = [
         f"miningproxy is running ({app.config.source})",
+        f"  status:    {base}/",
         f"  metrics:   {base}/metrics",
         f"  health:    {base}/health",
         f"  blocks:    {base}/pool/blocks   miners: {base}/pool/miners",

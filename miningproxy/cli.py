@@ -86,6 +86,9 @@ def _run(args: argparse.Namespace) -> int:
         print(f"miningproxy: config error: {exc}", file=sys.stderr)
         return EXIT_CONFIG
     setup_logging(config.log.level)
+    from miningproxy.limits import apply_open_file_limit
+
+    config = apply_open_file_limit(config)  # raise RLIMIT_NOFILE; fit stratum.max_connections under it
     errors: list[ConfigError] = []
     try:
         trio.run(run_app, config)

@@ -38,7 +38,10 @@ class FakeUpstream:
         self.submitted.append((struct, block_hash))
         await trio.sleep(self.delay)
         return SimpleNamespace(
-            status=self.status, reason="" if self.status == "accepted" else "nope", node="node-a", latency=self.delay
+            status=self.status,
+            reason="" if self.status == "accepted" else "nope",
+            node="node-a",
+            latency=self.delay,
         )
 
 

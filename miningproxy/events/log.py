@@ -131,7 +131,12 @@ class EventLog:
             parent = Path(self.path).parent
             if not parent.is_dir():
                 raise EventLogError(f"cannot open event log {self.path}: directory {parent} does not exist")
-        self._write = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30.0)
+        try:
+            self._write = sqlite3.connect(
+                self.path, check_same_thread=False, isolation_level=None, timeout=30.0
+            )
+        except sqlite3.Error as exc:  # e.g. a read-only or full disk
+            raise EventLogError(f"cannot open event log {self.path}: {exc}") from exc
         self._write_lock = threading.Lock()
         # An in-memory database is private to its connection: reads share it (and its lock).
         self._read = self._write
@@ -220,7 +225,8 @@ class EventLog:
                     stored = row[0]
                 db.execute("COMMIT")
             except BaseException:
-                db.execute("ROLLBACK")
+                if db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    db.execute("ROLLBACK")
                 raise
         return stored
 
@@ -273,8 +279,29 @@ class EventLog:
                     )
                 db.execute("COMMIT")
             except BaseException:
+                if db.in_transaction:  # SQLite may have rolled back already (disk full)
+                    db.execute("ROLLBACK")
+                raise
+
+    def forget(self, seq: str) -> int:
+        """Delete a whole sequence, events and identity, in one transaction; returns the number of
+        events deleted. For a stream whose source is gone for good (the embedded dev node's
+        in-memory chain): the next append starts a new sequence instead of being refused."""
+        _check_seq(seq)
+        with self._write_lock:
+            db = self._write
+            db.execute("BEGIN IMMEDIATE")
+            try:
+                deleted = db.execute("DELETE FROM events WHERE seq = ?", (seq,)).rowcount
+                db.execute(
+                    "DELETE FROM meta WHERE key IN (?, ?, ?)",
+                    (f"{seq}.peer_id", f"{seq}.network", f"{seq}.stream_id"),
+                )
+            except BaseException:
                 db.execute("ROLLBACK")
                 raise
+            db.execute("COMMIT")
+        return deleted
 
     def prune(
         self,

@@ -50,6 +50,12 @@ class EventMetrics:
             ["stream", "type"],
             registry=r,
         )
+        self.write_errors = Counter(
+            "miningproxy_events_write_errors",
+            "Appends to the event log that failed (disk full, read-only...) and will be retried",
+            ["stream"],
+            registry=r,
+        )
         self.clients_cut_off = Counter(
             "miningproxy_events_clients_cut_off",
             "event_ws clients disconnected by the proxy",

@@ -153,6 +153,9 @@ class PoolEvents:
         self._next_id = feed.last_id + 1
         self._pending: deque[StoredEvent] = deque()
         self._wake = trio.Event()
+        # Why the last write failed, while writes fail (disk full, read-only): work that needs a
+        # record is refused at once instead of piling up behind a disk that takes nothing.
+        self.failing: str | None = None
 
     @property
     def pending(self) -> int:
@@ -171,10 +174,22 @@ class PoolEvents:
             batch = [self._pending[i] for i in range(min(self.max_batch, len(self._pending)))]
             try:
                 await self.feed.append(batch)
-            except Exception:
-                log.exception("writing %d pool events failed; retrying in %gs", len(batch), self.retry_delay)
+            except Exception as exc:
+                if self.metrics is not None:
+                    self.metrics.write_errors.labels(POOL_SEQ).inc()
+                if self.failing is None:
+                    log.exception(
+                        "writing %d pool events failed; shares are refused until the record is "
+                        "writable again (retrying every %gs)",
+                        len(batch),
+                        self.retry_delay,
+                    )
+                self.failing = f"{type(exc).__name__}: {exc}"
                 await trio.sleep(self.retry_delay)
                 continue
+            if self.failing is not None:
+                log.warning("the pool record is writable again (%d events were waiting)", len(self._pending))
+                self.failing = None
             for _ in batch:
                 self._pending.popleft()
             if self.metrics is not None:
@@ -187,12 +202,16 @@ class PoolEvents:
 
     # --- recording -------------------------------------------------------------------------------
 
-    def record(self, event_type: str, data: Mapping[str, Any]) -> int:
-        """Queue one event; returns its id at once. Raises PoolEventsBusy when the disk is far behind."""
+    def record(self, event_type: str, data: Mapping[str, Any], *, essential: bool = False) -> int:
+        """Queue one event; returns its id at once. Raises PoolEventsBusy when the disk is far
+        behind or failing, unless ``essential`` (block events: rare, and never to be lost)."""
         if event_type not in POOL_EVENT_TYPES:
             raise ValueError(f"unknown pool event type {event_type!r}")
-        if len(self._pending) >= self.max_pending:
-            raise PoolEventsBusy(f"{len(self._pending)} pool events are waiting for the disk")
+        if not essential:
+            if self.failing is not None:
+                raise PoolEventsBusy(f"the pool record cannot be written: {self.failing}")
+            if len(self._pending) >= self.max_pending:
+                raise PoolEventsBusy(f"{len(self._pending)} pool events are waiting for the disk")
         event_id = self._next_id
         now = self.clock()
         self._pending.append(StoredEvent(event_id, now, event_text(event_id, now, event_type, data)))
@@ -278,7 +297,8 @@ class PoolEvents:
     ) -> int:
         return self.record(
             POOL_BLOCK_FOUND,
-            {
+            essential=True,
+            data={
                 "hash": _hex(hash),
                 "height": height,
                 "weight": weight,
@@ -292,12 +312,16 @@ class PoolEvents:
     def block_submitted(
         self, *, hash: bytes | str, height: int, miner: str, worker: str, address: str, node: str
     ) -> int:
-        return self.record(POOL_BLOCK_SUBMITTED, _block(hash, height, miner, worker, address, node))
+        return self.record(
+            POOL_BLOCK_SUBMITTED, _block(hash, height, miner, worker, address, node), essential=True
+        )
 
     def block_accepted(
         self, *, hash: bytes | str, height: int, miner: str, worker: str, address: str, node: str
     ) -> int:
-        return self.record(POOL_BLOCK_ACCEPTED, _block(hash, height, miner, worker, address, node))
+        return self.record(
+            POOL_BLOCK_ACCEPTED, _block(hash, height, miner, worker, address, node), essential=True
+        )
 
     def block_rejected(
         self,
@@ -314,7 +338,7 @@ class PoolEvents:
         data = _block(hash, height, miner, worker, address, node)
         data["status"] = status
         data["reason"] = reason
-        return self.record(POOL_BLOCK_REJECTED, data)
+        return self.record(POOL_BLOCK_REJECTED, data, essential=True)
 
     def upstream_changed(self, *, node: str | None, previous: str | None, reason: str = "") -> int:
         return self.record(POOL_UPSTREAM_CHANGED, {"node": node, "previous": previous, "reason": reason})

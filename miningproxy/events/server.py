@@ -41,6 +41,7 @@ READ_AHEAD_MIN = 64
 SEND_BATCH = 256  # frames per write
 SEND_BATCH_BYTES = 64 * 1024
 COALESCE_TURNS = 8
+REFILL_CHUNK = 64  # frames: the most a window refill waits for (a quarter of the window, if smaller)
 
 
 class _CutOff(Exception):
@@ -168,7 +169,14 @@ class _Connection:
         while True:
             self._wake = trio.Event()  # reset before looking, so no wake-up is ever lost
             want = session.wants()
-            if want is None or feed.last_id is None or feed.last_id < want.from_id:
+            if (
+                want is None
+                or feed.last_id is None
+                or feed.last_id < want.from_id
+                # Refill a wide window in chunks: while the client still holds most of it, wait
+                # for a chunk's worth of ACKs so one write carries many frames, not one each.
+                or (session.in_flight and want.count < min(REFILL_CHUNK, session.window // 4))
+            ):
                 await self._wake.wait()
                 # A client acknowledging every event sends ACKs in bursts: let the burst in
                 # before writing, so one write carries many frames instead of one each.

@@ -404,6 +404,10 @@ class NodeEventConsumer:
                     await feed.append(to_store, identity=identity)
                 except IdentityMismatch as exc:  # the feed's view was stale; the log is the judge
                     return _Outcome("mismatch", str(exc), state.progressed)
+                except Exception:  # disk full, read-only...: counted; run() logs it and retries
+                    if self.metrics is not None:
+                        self.metrics.write_errors.labels(feed.seq).inc()
+                    raise
                 if self.metrics is not None:
                     self.metrics.appended.labels(feed.seq).inc(len(to_store))
                 if not state.progressed:
@@ -489,7 +493,7 @@ def _ack_id(invalid_request: str | None) -> int | None:
         return None
     try:
         request = json.loads(invalid_request)
-    except ValueError:
+    except (ValueError, RecursionError):
         return None
     value = request.get("ack_event_id") if isinstance(request, dict) else None
     return value if _is_int(value) else None

@@ -392,7 +392,10 @@ class PoolService:
                 "block pending: height=%d hash=%s (%s)", found.height, found.hash.hex(), outcome.reason
             )
             return
-        if outcome.status in ("accepted", "rejected", "stale") and getattr(outcome, "latency", None) is not None:
+        if (
+            outcome.status in ("accepted", "rejected", "stale")
+            and getattr(outcome, "latency", None) is not None
+        ):
             self.metrics.block_submit_roundtrip.observe(outcome.latency)  # submit() to the node's verdict
         self._record_fate(found, outcome)
 

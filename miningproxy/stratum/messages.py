@@ -12,6 +12,8 @@ JSON-RPC errors with a code <= -32600 close the connection after they are sent.
 from __future__ import annotations
 
 import json
+import math
+from json.encoder import encode_basestring_ascii
 from typing import Any
 
 PARSE_ERROR = (-32700, "Parse error")
@@ -20,6 +22,7 @@ METHOD_NOT_FOUND = (-32601, "Method not found")
 INVALID_PARAMS = (-32602, "Invalid params")
 
 NODE_SYNCING = (10, "Node syncing")
+NOT_RECORDED = (20, "Other/Unknown: share not recorded")  # Stratum's "other" code: our storage failed
 INVALID_ADDRESS = (22, "Address to send mined funds is invalid")
 INVALID_SOLUTION = (30, "Invalid solution")
 STALE_JOB = (31, "Stale job submitted")
@@ -36,6 +39,34 @@ _encoder = json.JSONEncoder(separators=(",", ":"), ensure_ascii=True, allow_nan=
 
 def encode(message: dict[str, Any]) -> bytes:
     return (_encoder.encode(message) + "\n").encode("ascii")
+
+
+_OK_HEAD = b'{"result":"ok","error":null,"id":'
+
+
+def encode_ok(msgid: Any) -> bytes:
+    """``encode(result(msgid, "ok"))`` byte for byte, without a dict and an encoder pass: the
+    answer to every accepted share."""
+    if type(msgid) is int:
+        return b"%s%d}\n" % (_OK_HEAD, msgid)
+    if type(msgid) is str:
+        return b"%s%s}\n" % (_OK_HEAD, encode_basestring_ascii(msgid).encode("ascii"))
+    return encode(result(msgid, "ok"))
+
+
+def encode_job(
+    msgid: int, data: str, job_id: str, nonce_size: int, weight: float, clean: bool, parent_hash: str
+) -> bytes:
+    """``encode(request(str(msgid), "job", {...}))`` byte for byte, by formatting: a job goes to
+    every rig on every new block. ``data``, ``job_id`` and ``parent_hash`` are hex (nothing to
+    escape); ``weight`` is written as the encoder writes a float (``float.__repr__``)."""
+    if not math.isfinite(weight):
+        raise ValueError(f"Out of range float values are not JSON compliant: {weight!r}")
+    return (
+        f'{{"method":"job","params":{{"data":"{data}","job_id":"{job_id}","nonce_size":{nonce_size:d},'
+        f'"weight":{float.__repr__(weight)},"clean":{"true" if clean else "false"},'
+        f'"parent_hash":"{parent_hash}"}},"id":"{msgid:d}"}}\n'
+    ).encode("ascii")
 
 
 def result(msgid: Any, value: Any) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import ssl
 from collections import Counter
 from typing import Any
@@ -374,6 +375,13 @@ class _Connection:
         self.consumer = False  # registered with the pool as a job consumer
         self.miner: MinerId | None = None  # as counted in the server's per-miner tally
         self._undelivered: tuple[Any, int] | None = None  # (work signal, session.jobs_queued then)
+        # Plain TCP: queued lines are written at once by whoever queued them (see flush_now), one
+        # system call and no task switch; the writer task only takes over when the socket is full
+        # or an "ok" must wait for the accounting record. TLS always goes through the writer.
+        self._direct = isinstance(stream, trio.SocketStream)
+        self._writing = False  # the writer holds bytes it has not finished sending
+        self._unsent = b""  # what a direct write could not send: the writer sends it first
+        self._unsent_taken = 0
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -385,7 +393,8 @@ class _Connection:
             nursery.start_soon(self._timer)
 
     def wake(self) -> None:
-        self._writer_wake.set()
+        if not self.flush_now():
+            self._writer_wake.set()
         deadline = self.session.next_deadline()
         if deadline is None or deadline < self._timer_deadline:
             self._timer_wake.set()
@@ -395,6 +404,48 @@ class _Connection:
         kept over later refreshes: the newer job written also answers it."""
         if self._undelivered is None or signal.clean:
             self._undelivered = (signal, self.session.jobs_queued)
+
+    def flush_now(self) -> bool:
+        """Write what the session queued straight to the socket when that can neither reorder
+        bytes nor block: plain TCP, the writer idle, no "ok" in it that must wait for the pool's
+        record. True when nothing is left for the writer."""
+        session = self.session
+        if not self._direct or self._writing or self._unsent or session.close_reason is not None:
+            return False
+        if not session.has_output:
+            return True
+        if session.unsynced_accepts:
+            if getattr(self.server.pool, "events", None) is not None:
+                return False  # the writer waits for the record first
+            session.take_unsynced_accepts()  # no record: nothing to wait for
+        data = session.data_to_send()
+        taken = session.last_job_taken
+        try:
+            sent = self._send_now(data)
+        except (trio.ClosedResourceError, OSError) as exc:
+            session.close(f"send failed: {exc!r}")
+            return False
+        if sent < len(data):  # the socket is full: the writer waits for room
+            self._unsent, self._unsent_taken = data[sent:], taken
+            return False
+        self._written(taken)
+        return True
+
+    def _send_now(self, data: bytes) -> int:
+        """Send what the socket takes right now, without blocking or yielding; returns the count."""
+        fd = self.stream.socket.fileno()  # type: ignore[attr-defined]  # -1 once the socket is closed
+        if fd < 0:
+            raise trio.ClosedResourceError("socket closed")
+        try:
+            return os.write(fd, data)
+        except BlockingIOError:
+            return 0
+
+    def _written(self, taken: int) -> None:
+        """Bytes holding jobs up to number ``taken`` are on the wire: the pool hears of its job."""
+        if self._undelivered is not None and taken >= self._undelivered[1]:
+            self.server._delivered(self._undelivered[0])
+            self._undelivered = None
 
     def kill(self) -> None:
         self._killed = True
@@ -424,27 +475,43 @@ class _Connection:
         session = self.session
         timeout = self.server.settings.send_timeout
         while True:
-            data = session.data_to_send()
-            if data:
+            unsynced = False
+            if self._unsent:
+                data, taken, self._unsent = self._unsent, self._unsent_taken, b""
+            else:
+                data = session.data_to_send()
                 taken = session.last_job_taken
-                if session.take_unsynced_accepts():
-                    # A rig told "ok" may rely on the share being in the accounting record.
-                    await self.server.wait_records_durable()
+                unsynced = bool(data) and session.take_unsynced_accepts()
+            if data:
+                self._writing = True
+                if unsynced:
+                    # A rig told "ok" may rely on the share being in the accounting record. A
+                    # record that stays unwritable (disk full) must not freeze the rig forever:
+                    # close it unanswered; its reconnect gets refusals until the disk recovers.
+                    with trio.move_on_after(timeout) as durable:
+                        await self.server.wait_records_durable()
+                    if durable.cancelled_caught:
+                        session.close("accounting record not durable")
+                        self.server._limit_hit(
+                            "record_timeout", session.peer, f"shares not on disk after {timeout:g}s"
+                        )
+                        break
                 try:
-                    with trio.move_on_after(timeout) as scope:
-                        await self.stream.send_all(data)
+                    sent = self._send_now(data) if self._direct else 0
+                    if sent < len(data):
+                        with trio.move_on_after(timeout) as scope:
+                            await self.stream.send_all(data[sent:])
+                        if scope.cancelled_caught:
+                            session.close("send timeout")
+                            self.server._limit_hit(
+                                "send_timeout", session.peer, f"socket took nothing for {timeout:g}s"
+                            )
+                            break
                 except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
                     session.close(f"send failed: {exc!r}")
                     break
-                if scope.cancelled_caught:
-                    session.close("send timeout")
-                    self.server._limit_hit(
-                        "send_timeout", session.peer, f"socket took nothing for {timeout:g}s"
-                    )
-                    break
-                if self._undelivered is not None and taken >= self._undelivered[1]:
-                    self.server._delivered(self._undelivered[0])
-                    self._undelivered = None
+                self._writing = False
+                self._written(taken)
                 continue
             if session.close_reason is not None:
                 break

@@ -113,6 +113,10 @@ def _no_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
 
+# One decoder for every line: json.loads(text, parse_constant=...) builds a new one per call.
+_decoder = json.JSONDecoder(parse_constant=_no_constant)
+
+
 def parse_nonce(raw: Any) -> int | None:
     """A submitted nonce as an integer: big-endian hex with or without 0x (an integer is taken
     as is). None when it is not a nonce at all; overflow is left to the share check."""
@@ -308,7 +312,7 @@ class Session:
         if self.close_reason is not None:
             return
         try:
-            message = json.loads(text, parse_constant=_no_constant)
+            message = _decoder.decode(text)
         except (ValueError, RecursionError):
             self._penalize(self.settings.ban.garbage, "not JSON")
             self._error(None, m.PARSE_ERROR, {"message": text[:200]})
@@ -487,6 +491,8 @@ class Session:
         elif outcome.reason == "duplicate":
             self._penalize(self.settings.ban.invalid_share, "duplicate share")
             self._error(msgid, m.DUPLICATE_SOLUTION, {"job_id": job_id, "nonce": raw_nonce})
+        elif outcome.reason == "storage-busy":  # our disk's fault, not the rig's: no ban points
+            self._error(msgid, m.NOT_RECORDED, {"message": "the pool cannot record shares right now"})
         elif outcome.reason == "bad-nonce":
             self._penalize(self.settings.ban.invalid_share, "nonce overflow")
             self._error(
@@ -504,6 +510,11 @@ class Session:
                 m.INVALID_SOLUTION,
                 {"hash": (outcome.hash or b"").hex(), "target": job.share_target.hex()},
             )
+
+    @property
+    def unsynced_accepts(self) -> bool:
+        """Whether queued output holds an "ok" not yet taken by :meth:`take_unsynced_accepts`."""
+        return self._unsynced_accepts
 
     def take_unsynced_accepts(self) -> bool:
         """True once after share acceptances were queued: what follows must not be written before
@@ -617,16 +628,17 @@ class Session:
         if job.share_weight != self._last_weight:
             self._last_weight = job.share_weight
             self._events.append(WeightUsed(job.share_weight))
-        params = {
-            "data": job.header.hex(),
-            "job_id": job.job_id,
-            "nonce_size": NONCE_SIZE,
-            "weight": float(job.share_weight),
-            "clean": clean,
-            "parent_hash": job.parent_hash,
-        }
         self.jobs_queued += 1
-        self._push(m.request(str(self._next_id()), "job", params), job=True)
+        line = m.encode_job(
+            self._next_id(),
+            job.header.hex(),
+            job.job_id,
+            NONCE_SIZE,
+            float(job.share_weight),
+            clean,
+            job.parent_hash,
+        )
+        self._push_line(line, job=True)
 
     def _stale_data(self, job_id: str) -> dict[str, Any]:
         return {"current_job": self._current.job_id if self._current else None, "job_id": job_id}
@@ -647,7 +659,10 @@ class Session:
             self._events.append(Penalty(points, reason))
 
     def _reply(self, msgid: Any, value: Any) -> None:
-        self._push(m.result(msgid, value))
+        if value == "ok":
+            self._push_line(m.encode_ok(msgid))  # every accepted share: skip the generic encoder
+        else:
+            self._push(m.result(msgid, value))
 
     def _error(self, msgid: Any, err: tuple[int, str], data: Any = None) -> None:
         self._push(m.error(msgid, err, data))
@@ -655,7 +670,9 @@ class Session:
             self.close(f"JSON-RPC error {err[0]} ({err[1]})")
 
     def _push(self, message: dict[str, Any], *, job: bool = False) -> None:
-        line = m.encode(message)
+        self._push_line(m.encode(message), job=job)
+
+    def _push_line(self, line: bytes, *, job: bool = False) -> None:
         if job and self._outbox:
             # Latest-job semantics: a job the rig has not even received yet is dropped for the newer one.
             kept = [entry for entry in self._outbox if not entry[0]]

@@ -28,7 +28,7 @@ async def fetch_network_name(base_url: str, *, timeout: float = 10.0) -> str:
         raise NodeInfoError(f"GET {url}: HTTP {answer.status}")
     try:
         info = json.loads(answer.body)
-    except ValueError:
+    except (ValueError, RecursionError):  # RecursionError: nested too deeply
         raise NodeInfoError(f"GET {url}: not JSON") from None
     network = info.get("network") if isinstance(info, dict) else None
     if not isinstance(network, str) or not network:
