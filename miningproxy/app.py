@@ -202,6 +202,7 @@ def build_app(config: Config) -> App:
         raise ConfigError("events.database", f"cannot open {ev.database}: {exc}") from None
     if config.devnode.enabled:
         _forget_devnet_node_events(events)
+    pool.record_required = True  # local workers start once the record is open
     app = App(config, metrics, upstream, pool, local, Router(), time.time(), events)
     events.mount(app.router)
     metrics.add_live_gauges(events.gauges)

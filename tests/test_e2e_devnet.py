@@ -93,6 +93,13 @@ async def test_proxy_mines_blocks_accepted_by_the_dev_node(tmp_path):
             assert block.verify_pow()
         status, body = await http_get(app.http_port, "/pool/blocks")
         assert "accepted" in [b["status"] for b in json.loads(body)["blocks"]]
+        # The local worker's shares are all in the pool's record (it waited for the record to open).
+        credited = app.pool.stats.pool.accepted
+        await app.pool.events.flush()
+        recorded = [json.loads(text) for _, text in app.events.log.read("pool", 0, 1_000_000)]
+        shares = [e for e in recorded if e["type"] == "POOL_SHARE_ACCEPTED"]
+        assert len(shares) >= credited >= 2
+        assert {e["data"]["worker"] for e in shares} == {"local-0"}
         nursery.cancel_scope.cancel()
 
 

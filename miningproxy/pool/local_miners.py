@@ -65,6 +65,8 @@ class LocalMiners:
             log.info("local hashing workers stopped")
 
     async def _feed_jobs(self, workers: WorkerPool) -> None:
+        if self.pool.record_required:
+            await self.pool.record_attached.wait()  # every share they find goes in the record
         async for signal in self.pool.work.subscribe():
             job = self.pool.new_job(share_weight=self.share_weight, clean=signal.clean)
             self._jobs[job.job_id] = job

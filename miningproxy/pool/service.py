@@ -115,6 +115,10 @@ class PoolService:
         self._seq = 0
         self.consumers = 0  # registered job consumers (rigs, local worker pools)
         self.events: PoolEvents | None = None  # the accounting record, when event streams run
+        # Set by the app when a record will be attached: consumers that tell nobody (local
+        # workers) wait for it, so none of their shares is missing from the record.
+        self.record_required = False
+        self.record_attached = trio.Event()
         self._broadcast: _Broadcast | None = None
         self._nursery: trio.Nursery | None = None
         self._in_flight: set[FoundBlock] = set()
@@ -181,6 +185,7 @@ class PoolService:
     def attach_events(self, events: PoolEvents) -> None:
         """Start writing the pool's record; the template being mined goes in first."""
         self.events = events
+        self.record_attached.set()
         generation = self.jobs.generation
         if generation is not None:
             self._record_generation(generation, None, True)
