@@ -191,3 +191,33 @@ async def test_block_without_an_answer_in_time_is_pending_until_its_late_fate(au
         assert pool.blocks[0].status == "accepted"
         assert 'miningproxy_blocks_total{result="accepted"} 1.0' in pool.metrics.render().decode()
         nursery.cancel_scope.cancel()
+
+
+async def test_block_is_in_the_upstream_queue_when_submit_share_returns(autojump_clock, monkeypatch):
+    from miningproxy.upstream import mining
+
+    def no_parsing(struct):
+        raise AssertionError("parse_block called: the pool knows the parent")
+
+    upstream = mining.MiningUpstream(["http://127.0.0.1:9/v1a/"], submit_timeout=5.0)  # not running
+    pool = make_pool(upstream)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        upstream.templates.publish(mining.TemplateUpdate("node-a", (TEMPLATES[0],), trio.current_time()))
+        await trio.sleep(0.1)
+        job = pool.new_job(share_weight=1.0, clean=True)
+        nonce = winning_nonce(job, job.block_weight)
+        monkeypatch.setattr(mining, "parse_block", no_parsing)
+        result = pool.submit_share(RIG, job, nonce)
+        assert result.is_block
+        st = upstream.status()  # no checkpoint since the share was judged
+        assert st.queued_blocks == 1 and st.counters["blocks_queued"] == 1
+        queued = upstream._queue[0]
+        assert queued.struct == job.assembled.struct(nonce) and queued.hash == result.hash
+        assert queued.parent == job.generation.tip
+        await trio.sleep(6)  # no node: submit_timeout passes, the block stays queued
+        assert pool.blocks[0].status == "pending"
+        nursery.cancel_scope.cancel()
+    # The upstream client never ran; a late fate still reaches the pool's record.
+    upstream._resolve(queued, "accepted", "the tip is this block", "node-a")
+    assert pool.blocks[0].status == "accepted"

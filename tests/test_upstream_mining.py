@@ -23,6 +23,7 @@ from hashing.header import check_pow
 from miningproxy.hathor.block import Block, TxOutput, parse_block
 from miningproxy.hathor.template import BlockTemplate
 from miningproxy.latest import LatestValue
+from miningproxy.upstream import mining
 from miningproxy.upstream.mining import MiningUpstream, TemplateUpdate
 
 # Hashes from the real privatenet transcript: the genesis block and the two genesis transactions.
@@ -237,6 +238,15 @@ async def start_upstream(nursery: trio.Nursery, urls: list[str], **kw) -> Mining
     up = MiningUpstream(urls, **{**FAST, "rng": random.Random(1), **kw})
     await nursery.start(up.run)
     return up
+
+
+@pytest.fixture(autouse=True, params=["direct", "sender"])
+def write_path(request, monkeypatch):
+    """Every test runs twice: with new blocks written straight to an idle node from enqueue(), and
+    with that fast path off (every block through the queue and the sender task)."""
+    if request.param == "sender":
+        monkeypatch.setattr(mining, "_TIOCOUTQ", None)
+    return request.param
 
 
 # ---- one node ---------------------------------------------------------------------------------
@@ -479,6 +489,94 @@ async def test_not_a_block_is_an_error_outcome(autojump_clock):
     assert out.status == "error" and "not a block" in out.reason
     with pytest.raises(ValueError, match="32 bytes"):
         await up.submit(b"", block_hash=b"short")
+
+
+async def test_enqueue_with_the_parent_given_does_not_parse_the_block(autojump_clock, monkeypatch):
+    def no_parsing(struct):
+        raise AssertionError("parse_block called")
+
+    update = TemplateUpdate("x", (BlockTemplate.from_json(Chain().template()),), 0.0)
+    struct, block_hash = mine(update.templates[0])
+    monkeypatch.setattr(mining, "parse_block", no_parsing)
+    up = MiningUpstream(["http://127.0.0.1:9/v1a/"], **FAST)
+    blk = up.enqueue(struct, block_hash=block_hash, parent=GENESIS)  # no node: queued
+    assert blk.parent == GENESIS and not blk.done.is_set()
+    st = up.status()
+    assert st.queued_blocks == 1 and st.counters["blocks_queued"] == 1
+    with pytest.raises(ValueError, match="parent must be 32 bytes"):
+        up.enqueue(struct, block_hash=block_hash, parent=b"short")
+    monkeypatch.undo()
+    assert up.enqueue(struct, block_hash=block_hash).parent == GENESIS  # parsed
+    done = up.enqueue(b"\x00\x01", block_hash=bytes(32))  # not a block: decided at once
+    assert done.done.is_set() and done.outcome.status == "error" and up.status().queued_blocks == 2
+    assert (await up.outcome(done)).status == "error"
+
+
+async def test_enqueue_to_an_idle_node_writes_in_the_same_step(autojump_clock, write_path):
+    chain = Chain()
+    node = FakeNode(chain)
+    async with trio.open_nursery() as nursery:
+        await start_nodes(nursery, node)
+        up = await start_upstream(nursery, [node.url], optimistic="off")
+        update = await next_update(up)
+        struct, block_hash = mine(update.templates[0])
+        blk = up.enqueue(struct, block_hash=block_hash, parent=GENESIS)
+        st = up.status()  # no checkpoint since enqueue()
+        if write_path == "direct":
+            assert st.queued_blocks == 0 and st.counters["blocks_submitted"] == 1
+        else:
+            assert st.queued_blocks == 1 and st.counters["blocks_submitted"] == 0
+        out = await up.outcome(blk)
+        assert (out.status, out.reason) == ("accepted", "node answered true")
+        assert len(node.submits) == 1 and chain.tip == block_hash
+        nursery.cancel_scope.cancel()
+
+
+async def test_blocks_enqueued_together_are_sent_in_order(autojump_clock):
+    chain = Chain()
+    node = FakeNode(chain)
+    async with trio.open_nursery() as nursery:
+        await start_nodes(nursery, node)
+        up = await start_upstream(nursery, [node.url], optimistic="off")
+        update = await next_update(up)
+        block = update.templates[0].data_block
+        nonces = [n for n in range(64) if check_pow(block.hash(n), block.weight)][:3]
+        blocks = [up.enqueue(block.struct(n), block_hash=block.hash(n), parent=GENESIS) for n in nonces]
+        outcomes = [await up.outcome(b) for b in blocks]
+        assert [s.hexdata for s in node.submits] == [block.struct(n).hex() for n in nonces]
+        assert [o.status for o in outcomes] == ["accepted", "stale", "stale"]  # the first moved the tip
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_failed_direct_write_ends_the_connection_and_the_block_is_resent(
+    autojump_clock, monkeypatch, write_path
+):
+    chain = Chain()
+    node = FakeNode(chain)
+    real_write, calls = mining.os.write, []
+
+    def failing_write(fd, data):
+        calls.append(len(data))
+        if len(calls) == 1:
+            raise BrokenPipeError(32, "Broken pipe")
+        return real_write(fd, data)
+
+    async with trio.open_nursery() as nursery:
+        await start_nodes(nursery, node)
+        up = await start_upstream(nursery, [node.url], optimistic="off")
+        update = await next_update(up)
+        struct, block_hash = mine(update.templates[0])
+        monkeypatch.setattr(mining.os, "write", failing_write)
+        blk = up.enqueue(struct, block_hash=block_hash, parent=GENESIS)
+        out = await up.outcome(blk)
+        monkeypatch.undo()
+        assert bool(calls) == (write_path == "direct")
+        if calls:
+            assert node.connections == 2  # the write failed: reconnected, judged, sent again
+            assert "Broken pipe" in (up.status().nodes[0].last_error or "")
+        assert (out.status, out.reason) == ("accepted", "node answered true")
+        assert len(node.submits) == 1 and chain.tip == block_hash
+        nursery.cancel_scope.cancel()
 
 
 # ---- several nodes ----------------------------------------------------------------------------

@@ -33,6 +33,10 @@ RECENT_BLOCKS = 200
 
 
 class Upstream(Protocol):
+    """What the pool needs from its upstream. An upstream that also has ``enqueue()`` (same
+    arguments as ``submit()`` plus ``parent``, synchronous, returns a handle with ``queued_at``) and
+    ``async outcome(handle)`` gets each block queued in the step that found it (MiningUpstream)."""
+
     templates: LatestValue[Any]
 
     async def submit(
@@ -323,6 +327,19 @@ class PoolService:
         self, miner: MinerId, job: Job, nonce: int, block_hash: bytes, arrived_at: float
     ) -> None:
         found = FoundBlock(block_hash, job.template.height, miner, job.job_id, self._wallclock())
+        struct = job.assembled.struct(nonce)
+        queued = None
+        enqueue = getattr(self.upstream, "enqueue", None)
+        if enqueue is not None and self._nursery is not None:
+            # Queued upstream in this very step, before the bookkeeping (MiningUpstream writes it
+            # to an idle node right away); only the wait for its fate runs in the background.
+            parents = job.template.parents
+            queued = enqueue(
+                struct,
+                block_hash=block_hash,
+                parent=parents[0] if parents else None,
+                on_late_fate=lambda late: self._record_fate(found, late),
+            )
         self.blocks.append(found)
         self.stats.block(miner)
         self.metrics.blocks.labels("found").inc()
@@ -337,11 +354,11 @@ class PoolService:
                 address=miner.address,
                 job_id=job.job_id,
             )
-        struct = job.assembled.struct(nonce)
         if self._nursery is None:
             raise RuntimeError("PoolService.run() is not running")
         self._in_flight.add(found)  # now, not when the task starts: drain() must see it
-        self._nursery.start_soon(self._submit_block, found, struct, arrived_at)
+        # Without enqueue() (an upstream with submit() only) the task submits the struct.
+        self._nursery.start_soon(self._submit_block, found, struct if queued is None else queued, arrived_at)
 
     @staticmethod
     def _block_fields(found: FoundBlock) -> dict[str, Any]:
@@ -372,23 +389,28 @@ class PoolService:
                 found.status,
             )
 
-    async def _submit_block(self, found: FoundBlock, struct: bytes, arrived_at: float) -> None:
+    async def _submit_block(self, found: FoundBlock, block: Any, arrived_at: float) -> None:
         try:
-            await self._submit(found, struct, arrived_at)
+            await self._submit(found, block, arrived_at)
         finally:
             self._in_flight.discard(found)
             if not self._in_flight:
                 self._drained.set()
 
-    async def _submit(self, found: FoundBlock, struct: bytes, arrived_at: float) -> None:
+    async def _submit(self, found: FoundBlock, block: Any, arrived_at: float) -> None:
+        """``block``: the struct to submit, or what ``upstream.enqueue()`` returned for it."""
         found.status = "submitted"
         self.metrics.blocks.labels("submitted").inc()
         if self.events is not None:
             self.events.block_submitted(**self._block_fields(found), node=self._upstream_node())
-        self.metrics.block_submit_latency.observe(trio.current_time() - arrived_at)
-        outcome = await self.upstream.submit(
-            struct, block_hash=found.hash, on_late_fate=lambda late: self._record_fate(found, late)
-        )
+        if isinstance(block, bytes):
+            self.metrics.block_submit_latency.observe(trio.current_time() - arrived_at)
+            outcome = await self.upstream.submit(
+                block, block_hash=found.hash, on_late_fate=lambda late: self._record_fate(found, late)
+            )
+        else:
+            self.metrics.block_submit_latency.observe(block.queued_at - arrived_at)
+            outcome = await self.upstream.outcome(block)
         if outcome.status == "error" and "fate will be" in (outcome.reason or ""):
             # No answer in time, but the block is still queued upstream: its fate comes later.
             found.status = "pending"

@@ -126,6 +126,10 @@ class MiningSession:
     def submit(self, hexdata: str, *, optimistic: bool) -> Request:
         return self.request(SUBMIT, {"hexdata": hexdata, "optimistic": bool(optimistic)})
 
+    def abandon(self, request_id: int) -> None:
+        """Forget one request that was never sent."""
+        self._pending.pop(request_id, None)
+
     def abandon_pending(self) -> tuple[Request, ...]:
         """Forget every unanswered request (the connection is gone) and return them, oldest first."""
         reqs = tuple(self._pending.values())

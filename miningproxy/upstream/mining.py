@@ -5,7 +5,9 @@ serves it until it fails (close, network error, no template for ``template_timeo
 ``mining.refresh``), then moves on. While a lower-priority node is served, each higher-priority node
 is probed (connect, receive a notify, stay up for ``failback_after``) and, once healthy, failed back to.
 
-Found blocks go through one queue, so none is dropped silently: a block found while no node is
+Found blocks go through one queue (or, when the node is idle and nothing is queued, straight
+from :meth:`MiningUpstream.enqueue` to its socket and into the in-flight table, which a lost
+connection requeues), so none is dropped silently: a block found while no node is
 usable waits (bounded) and, on the next connection, is judged against the fresh template's tip
 before it is sent. The node's fatal answer (-32603 and a close, after an invalid block or after
 ``optimistic: true`` on the broken real node) is survived the same way: reconnect, and the next
@@ -14,9 +16,14 @@ template tells whether the block became the tip.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import math
+import os
 import random
+import socket
+import struct as _struct
+import termios
 from collections import Counter, deque
 from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
@@ -32,6 +39,7 @@ from trio_websocket import (
     WebSocketConnection,
     open_websocket_url,
 )
+from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
 
 from miningproxy.hathor.block import BlockParseError, parse_block
@@ -65,6 +73,7 @@ COUNTERS = (
     "submit_timeouts",  # submit() calls that returned "error" before the block's fate was known
 )
 
+_TIOCOUTQ: int | None = getattr(termios, "TIOCOUTQ", None)  # bytes in a socket's send queue (Linux)
 _NET_ERRORS = (HandshakeError, ConnectionClosed, OSError, trio.BrokenResourceError, trio.ClosedResourceError)
 # Fields that make two templates different work; timestamp_now changes on every refresh.
 _TEMPLATE_KEY = tuple(f.name for f in fields(BlockTemplate) if f.compare and f.name != "timestamp_now")
@@ -151,6 +160,7 @@ class _Conn:
         self.end_reason: str | None = None
         self.failure = True
         self.draining = False  # no new submits: a fail-back is waiting for in-flight answers
+        self.sending = False  # the sender task is writing a submit
         self.failback_to: _Node | None = None
 
     def end(self, reason: str, *, failure: bool) -> None:
@@ -265,31 +275,62 @@ class MiningUpstream:
         struct: bytes,
         *,
         block_hash: bytes,
+        parent: bytes | None = None,
         on_late_fate: Callable[[SubmitOutcome], None] | None = None,
     ) -> SubmitOutcome:
         """Submit a full block (with nonce) whose PoW the caller has checked.
 
         Returns when the node has decided, or with status "error" after ``submit_timeout``; in that
         case the block stays queued, and its final fate is counted, logged and passed to
-        ``on_late_fate`` when it is known.
+        ``on_late_fate`` when it is known. ``parent`` (the block's first parent, the tip it was
+        mined on) spares parsing the block to learn it. The same as :meth:`enqueue` then
+        :meth:`outcome`.
+        """
+        return await self.outcome(
+            self.enqueue(struct, block_hash=block_hash, parent=parent, on_late_fate=on_late_fate)
+        )
+
+    def enqueue(
+        self,
+        struct: bytes,
+        *,
+        block_hash: bytes,
+        parent: bytes | None = None,
+        on_late_fate: Callable[[SubmitOutcome], None] | None = None,
+    ) -> _Block:
+        """Queue a full block (with nonce) whose PoW the caller has checked, without yielding.
+
+        When the node is idle (ready, nothing queued, nobody writing) the submit is written to its
+        socket before this returns (see :meth:`_send_now`); otherwise the block is queued and the
+        sender writes it, in order, when a node is usable. Await :meth:`outcome` with the returned
+        block for its fate. ``parent``: the block's first parent, when the caller knows it (else the block is
+        parsed to learn it). A struct that is not a block comes back already decided ("error").
         """
         start = trio.current_time()
         if not isinstance(block_hash, bytes) or len(block_hash) != 32:
             raise ValueError(f"block_hash must be 32 bytes, got {block_hash!r:.80}")
-        try:
-            parents = parse_block(bytes(struct)).parents
-        except BlockParseError as e:
-            parents, bad = (), str(e)
-        else:
-            bad = "the block has no parents"
-        if not parents:
-            await trio.lowlevel.checkpoint()
-            self._counters["blocks_error"] += 1
-            logger.error("block %s not submitted: %s", block_hash.hex(), bad)
-            return SubmitOutcome("error", None, f"not a block: {bad}", 0.0)
+        if parent is None:
+            try:
+                parents = parse_block(bytes(struct)).parents
+            except BlockParseError as e:
+                parents, bad = (), str(e)
+            else:
+                bad = "the block has no parents"
+            if not parents:
+                self._counters["blocks_error"] += 1
+                logger.error("block %s not submitted: %s", block_hash.hex(), bad)
+                blk = _Block(bytes(struct), block_hash, b"", start)
+                blk.outcome = SubmitOutcome("error", None, f"not a block: {bad}", 0.0)
+                blk.done.set()
+                return blk
+            parent = parents[0]
+        elif not isinstance(parent, bytes) or len(parent) != 32:
+            raise ValueError(f"parent must be 32 bytes, got {parent!r:.80}")
 
-        blk = _Block(bytes(struct), block_hash, parents[0], start, on_late_fate=on_late_fate)
+        blk = _Block(bytes(struct), block_hash, parent, start, on_late_fate=on_late_fate)
         conn = self._conn
+        if conn is not None and not self._queue and self._send_now(conn, blk):
+            return blk
         if conn is None or not conn.ready.is_set():
             self._counters["blocks_queued"] += 1
             logger.warning("block %s found while no node is usable: queued", block_hash.hex())
@@ -300,17 +341,21 @@ class MiningUpstream:
             )
         self._queue.append(blk)
         self._wake_sender()
+        return blk
 
+    async def outcome(self, blk: _Block) -> SubmitOutcome:
+        """The fate of a block from :meth:`enqueue`: returns when the node has decided, or with
+        status "error" after ``submit_timeout`` (see :meth:`submit`)."""
         with trio.move_on_after(self._submit_timeout):
-            await blk.done.wait()
+            await blk.done.wait()  # a checkpoint even when already decided
         if blk.outcome is not None:
             return blk.outcome
         self._counters["submit_timeouts"] += 1
         blk.timed_out = True
         waiting = "awaiting the node's answer" if blk.node else "queued: no node usable"
         reason = f"no answer within {self._submit_timeout:g}s ({waiting}); its fate will be logged"
-        logger.warning("block %s: %s", block_hash.hex(), reason)
-        return SubmitOutcome("error", blk.node, reason, trio.current_time() - start)
+        logger.warning("block %s: %s", blk.hash.hex(), reason)
+        return SubmitOutcome("error", blk.node, reason, trio.current_time() - blk.queued_at)
 
     def status(self) -> UpstreamStatus:
         now = trio.current_time()
@@ -528,8 +573,67 @@ class MiningUpstream:
             blk.node, blk.optimistic = conn.node.url, optimistic
             conn.in_flight[request.id] = blk  # before sending: a lost connection requeues it
             self._counters["blocks_submitted"] += 1
-            if not await self._send(conn, request.text):
-                return
+            conn.sending = True
+            try:
+                if not await self._send(conn, request.text):
+                    return
+            finally:
+                conn.sending = False
+
+    def _send_now(self, conn: _Conn, blk: _Block) -> bool:
+        """Write a new block's submit straight to the node's socket, in the caller's step, when
+        that can neither reorder nor split frames: the connection is ready and not ending or
+        draining, the queue is empty (checked by the caller) and nobody is writing to the
+        websocket, it is plain TCP and its send buffer is empty enough to take the frame whole.
+        False: nothing was done, queue the block. Once the frame is built, the block is in flight:
+        a write that fails (or, against the odds, is partial) ends the connection, which requeues it.
+        """
+        ws = conn.ws
+        stream = getattr(ws, "_stream", None)
+        lock = getattr(ws, "_stream_lock", None)
+        wsconn = getattr(ws, "_wsproto", None)
+        if (
+            conn.end_reason is not None
+            or conn.draining
+            or conn.sending
+            or not conn.ready.is_set()
+            or not isinstance(stream, trio.SocketStream)
+            or lock is None
+            or lock.locked()
+            or wsconn is None
+            or getattr(ws, "_close_reason", True) is not None
+        ):
+            return False
+        optimistic = self._optimistic_for(conn.node)
+        hexdata = blk.struct.hex()
+        try:
+            fd = stream.socket.fileno()
+            if fd < 0 or _TIOCOUTQ is None:
+                return False
+            queued = _struct.unpack("i", fcntl.ioctl(fd, _TIOCOUTQ, b"\0\0\0\0"))[0]
+            room = stream.socket.getsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF) // 2 - queued
+        except OSError:
+            return False
+        if room < len(hexdata) + 256:  # the frame's JSON around the hex, and its header
+            return False
+        request = conn.session.submit(hexdata, optimistic=optimistic)
+        try:
+            data = wsconn.send(TextMessage(data=request.text))
+        except LocalProtocolError:  # a close is under way
+            conn.session.abandon(request.id)
+            return False
+        blk.node, blk.optimistic = conn.node.url, optimistic
+        conn.in_flight[request.id] = blk  # a lost connection requeues it
+        self._counters["blocks_submitted"] += 1
+        try:
+            sent = os.write(fd, data)
+        except OSError as e:  # BlockingIOError included: nothing written
+            sent, error = 0, _describe(e)
+        else:
+            error = f"partial write ({sent} of {len(data)} bytes)"
+        if sent != len(data):
+            conn.end(f"connection lost while sending: {error}", failure=True)
+        return True
 
     def _judge(self, conn: _Conn, blk: _Block) -> bool:
         """Decide a block from a fresh template's tip; False means: (re)send it."""
