@@ -51,6 +51,23 @@ def test_append_reopen_and_replay_the_same_text(path: Path) -> None:
         assert log.identity("pool") is None and log.bounds("pool") is None
 
 
+@pytest.mark.parametrize("count", [1, 2, 7, 128, 129, 300 + 32 + 8 + 3])
+def test_a_big_append_stores_every_row_in_order(path: Path, count: int) -> None:
+    # Rows go in by multi-row INSERTs of several sizes: every size and remainder lands exactly.
+    with EventLog(path) as log:
+        log.append("pool", [ev(0)], identity=NODE)
+        events = [
+            ev(i, ts=1000.0 + i / 7, text=f'{{"id":{i},"n":"{"x" * (i % 5)}"}}') for i in range(1, count + 1)
+        ]
+        log.append("pool", events)
+        assert log.read("pool", 1, count + 10) == [(e.id, e.text) for e in events]
+        stored = log._read.execute(
+            "SELECT id, ts FROM events WHERE seq='pool' AND id>0 ORDER BY id"
+        ).fetchall()
+        assert stored == [(e.id, e.timestamp) for e in events]
+        assert log.read("node", 0, 10) == []
+
+
 def test_the_database_runs_in_wal_mode(path: Path) -> None:
     EventLog(path).close()
     assert sqlite3.connect(path).execute("PRAGMA journal_mode").fetchone()[0] == "wal"

@@ -112,6 +112,27 @@ class Bounds:
     last_id: int
 
 
+# Rows go in by multi-row INSERTs of these sizes (at most 128 * 4 = 512 parameters: under every
+# SQLite's limit), not one executemany step per row: the sqlite3 module releases and retakes the
+# GIL around every step, and each retake waits for the (busy) event loop's thread.
+_INSERT_CHUNKS = (128, 32, 8, 2, 1)
+_INSERT_SQL = {
+    n: "INSERT INTO events (seq, id, ts, body) VALUES " + ", ".join(["(?, ?, ?, ?)"] * n)
+    for n in _INSERT_CHUNKS
+}
+
+
+def _insert(db: sqlite3.Connection, seq: str, events: Sequence[StoredEvent]) -> None:
+    start, total = 0, len(events)
+    for size in _INSERT_CHUNKS:
+        while total - start >= size:
+            params: list[object] = []
+            for event in events[start : start + size]:
+                params += (seq, event.id, event.timestamp, event.text)
+            db.execute(_INSERT_SQL[size], params)
+            start += size
+
+
 def _check_seq(seq: str) -> None:
     if seq not in SEQUENCES:
         raise ValueError(f"unknown event sequence {seq!r}; expected one of {', '.join(SEQUENCES)}")
@@ -273,10 +294,7 @@ class EventLog:
                                 f"{seq} event id {event.id} at position {offset} of an append does not continue "
                                 f"the sequence (expected {expected + offset})"
                             )
-                    db.executemany(
-                        "INSERT INTO events (seq, id, ts, body) VALUES (?, ?, ?, ?)",
-                        [(seq, e.id, e.timestamp, e.text) for e in events],
-                    )
+                    _insert(db, seq, events)
                 db.execute("COMMIT")
             except BaseException:
                 if db.in_transaction:  # SQLite may have rolled back already (disk full)

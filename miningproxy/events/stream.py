@@ -52,9 +52,13 @@ ERROR_TYPES = (
 )
 
 
+# json.dumps() with non-default options builds a new encoder per call: build it once (same output).
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def dumps(obj: object) -> str:
     """JSON the way the node writes it (``hathor.util.json_dumps``): compact, UTF-8, not ASCII-escaped."""
-    return json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+    return _ENCODER.encode(obj)
 
 
 def error_frame(error_type: str, invalid_request: str | None = None, error_message: str | None = None) -> str:

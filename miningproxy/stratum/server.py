@@ -91,6 +91,12 @@ class StratumServer:
         self._nursery: trio.Nursery | None = None
         self._shutting_down = False
         self._changed = trio.Event()  # set whenever a connection goes away
+        # Connections holding output with an "ok" until the pool record commits it, oldest first
+        # (so the ids they wait for never decrease): one commit releases them all, without waking
+        # a task per rig. The watchdog closes any that waits longer than send_timeout.
+        self._awaiting_record: dict[_Connection, None] = {}
+        self._awaiting_wake = trio.Event()
+        self._record_listener: Any = None  # the PoolEvents whose commits we listen to
 
     # --- running -------------------------------------------------------------------------------
 
@@ -110,6 +116,7 @@ class StratumServer:
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
             nursery.start_soon(self._fan_out)
+            nursery.start_soon(self._watch_awaiting_record)
             await nursery.start(self._accept, listeners)
             log.info(
                 "stratum listening on %s:%s%s (%s mode)",
@@ -227,6 +234,7 @@ class StratumServer:
             session.close("internal error")
         finally:
             self._connections.discard(conn)
+            self._stop_awaiting_record(conn)
             self._per_ip[ip] -= 1
             if self._per_ip[ip] <= 0:
                 del self._per_ip[ip]
@@ -259,6 +267,62 @@ class StratumServer:
         events = getattr(self.pool, "events", None)
         if events is not None:
             await events.flush()
+
+    def _await_record(self, conn: _Connection, events: Any) -> None:
+        """``conn`` holds output until the record's id ``conn._held[2]`` is committed."""
+        if self._record_listener is not events:
+            if self._record_listener is not None:
+                self._record_listener.feed.remove_listener(self._record_committed)
+            events.feed.add_listener(self._record_committed)
+            self._record_listener = events
+        if not self._awaiting_record:
+            self._awaiting_wake.set()
+        self._awaiting_record[conn] = None
+
+    def _stop_awaiting_record(self, conn: _Connection) -> None:
+        self._awaiting_record.pop(conn, None)
+
+    def _record_committed(self) -> None:
+        """The record committed (a feed listener): write the output of every connection whose
+        events are now on disk. Must not raise: it runs in the record's writer."""
+        events = self._record_listener
+        durable = -1 if events is None or events.feed.last_id is None else events.feed.last_id
+        awaiting = self._awaiting_record
+        while awaiting:
+            conn = next(iter(awaiting))
+            held = conn._held
+            if held is not None and held[2] > durable:
+                break  # the ids waited for only grow from here on
+            del awaiting[conn]
+            try:
+                conn.release_held()
+            except Exception:
+                log.exception("rig %s: writing after the record's commit failed", conn.session.peer)
+                conn.session.close("internal error")
+                conn.kill()
+
+    async def _watch_awaiting_record(self) -> None:
+        """Close a connection whose "ok" waited send_timeout for the record (a stuck disk): the
+        rig is not frozen forever; its reconnect gets refusals until the disk recovers."""
+        timeout = self.settings.send_timeout
+        while True:
+            if not self._awaiting_record:
+                self._awaiting_wake = trio.Event()
+                await self._awaiting_wake.wait()
+                continue
+            conn = next(iter(self._awaiting_record))
+            held = conn._held
+            if held is None:  # taken over by its writer
+                self._awaiting_record.pop(conn, None)
+                continue
+            if trio.current_time() < held[3]:
+                await trio.sleep_until(held[3])
+                continue
+            self._awaiting_record.pop(conn, None)
+            conn._held = None
+            conn.session.close("accounting record not durable")
+            self._limit_hit("record_timeout", conn.session.peer, f"shares not on disk after {timeout:g}s")
+            conn.kill()
 
     def _pool_has(self, name: str) -> bool:
         return callable(getattr(self.pool, name, None))
@@ -382,6 +446,9 @@ class _Connection:
         self._writing = False  # the writer holds bytes it has not finished sending
         self._unsent = b""  # what a direct write could not send: the writer sends it first
         self._unsent_taken = 0
+        # Output with an "ok" waiting for the pool record: (bytes, jobs taken, the record id that
+        # must be durable first, deadline). The server writes it on the commit (release_held).
+        self._held: tuple[bytes, int, int, float] | None = None
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -412,14 +479,27 @@ class _Connection:
         session = self.session
         if not self._direct or self._writing or self._unsent or session.close_reason is not None:
             return False
+        if self._held is not None:
+            return True  # the server writes it, and calls this again, once the record commits
         if not session.has_output:
             return True
         if session.unsynced_accepts:
-            if getattr(self.server.pool, "events", None) is not None:
-                return False  # the writer waits for the record first
-            session.take_unsynced_accepts()  # no record: nothing to wait for
-        data = session.data_to_send()
-        taken = session.last_job_taken
+            events = getattr(self.server.pool, "events", None)
+            data = session.data_to_send()
+            taken = session.last_job_taken
+            session.take_unsynced_accepts()
+            if events is not None:
+                # Every share this rig was told about has an id <= the last one recorded.
+                need = events.last_recorded
+                durable = events.feed.last_id
+                if durable is None or durable < need:
+                    deadline = trio.current_time() + self.server.settings.send_timeout
+                    self._held = (data, taken, need, deadline)
+                    self.server._await_record(self, events)
+                    return True
+        else:
+            data = session.data_to_send()
+            taken = session.last_job_taken
         try:
             sent = self._send_now(data)
         except (trio.ClosedResourceError, OSError) as exc:
@@ -430,6 +510,27 @@ class _Connection:
             return False
         self._written(taken)
         return True
+
+    def release_held(self) -> None:
+        """The record holds what the held output answers: write it (the writer takes over what
+        the socket does not take at once), then whatever was queued meanwhile."""
+        held, self._held = self._held, None
+        if held is None:
+            return
+        data, taken = held[0], held[1]
+        try:
+            sent = self._send_now(data)
+        except (trio.ClosedResourceError, OSError) as exc:
+            self.session.close(f"send failed: {exc!r}")
+            self._writer_wake.set()
+            return
+        if sent < len(data):
+            self._unsent, self._unsent_taken = data[sent:], taken
+            self._writer_wake.set()
+            return
+        self._written(taken)
+        if not self.flush_now():
+            self._writer_wake.set()
 
     def _send_now(self, data: bytes) -> int:
         """Send what the socket takes right now, without blocking or yielding; returns the count."""
@@ -476,7 +577,13 @@ class _Connection:
         timeout = self.server.settings.send_timeout
         while True:
             unsynced = False
-            if self._unsent:
+            need = None
+            if self._held is not None:  # closing (or woken) while output waits for the record
+                data, taken, need, _ = self._held
+                self._held = None
+                self.server._stop_awaiting_record(self)
+                unsynced = True
+            elif self._unsent:
                 data, taken, self._unsent = self._unsent, self._unsent_taken, b""
             else:
                 data = session.data_to_send()
@@ -489,7 +596,10 @@ class _Connection:
                     # record that stays unwritable (disk full) must not freeze the rig forever:
                     # close it unanswered; its reconnect gets refusals until the disk recovers.
                     with trio.move_on_after(timeout) as durable:
-                        await self.server.wait_records_durable()
+                        if need is None:
+                            await self.server.wait_records_durable()
+                        else:
+                            await self.server.pool.events.wait_durable(need)
                     if durable.cancelled_caught:
                         session.close("accounting record not durable")
                         self.server._limit_hit(

@@ -1,0 +1,104 @@
+"""The share event's template encoder writes exactly what the generic encoder writes."""
+
+from __future__ import annotations
+
+import json
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from miningproxy.events.pool_events import (
+    POOL_SHARE_ACCEPTED,
+    PoolEvents,
+    event_text,
+    share_event_text,
+    weight_to_work,
+)
+from miningproxy.events.stream import dumps
+
+texts = st.text()  # any code point, surrogates included: worker names come from rigs
+floats = st.floats(allow_nan=True, allow_infinity=True) | st.integers(-(2**70), 2**70)
+ints = st.integers(-(2**70), 2**70) | st.booleans()
+
+
+def generic(event_id, timestamp, miner, worker, address, job_id, share_weight, work, hash, height):  # type: ignore[no-untyped-def]
+    data = {
+        "miner": miner,
+        "worker": worker,
+        "address": address,
+        "job_id": job_id,
+        "share_weight": share_weight,
+        "work": work,
+        "hash": hash,
+        "height": height,
+    }
+    return event_text(event_id, timestamp, POOL_SHARE_ACCEPTED, data)
+
+
+@given(
+    event_id=st.integers(0, 2**63),
+    timestamp=floats,
+    miner=texts,
+    worker=texts,
+    address=texts,
+    job_id=texts,
+    share_weight=floats,
+    work=texts,
+    hash=texts,
+    height=ints,
+)
+def test_share_event_text_is_byte_identical_to_the_generic_encoder(**fields: object) -> None:
+    assert share_event_text(**fields) == generic(**fields)  # type: ignore[arg-type]
+
+
+@given(st.floats(min_value=-1e6, max_value=1e6, allow_nan=False), st.floats(0.0, 60.0))
+def test_share_event_text_of_ordinary_values(timestamp: float, weight: float) -> None:
+    args = (
+        7,
+        timestamp,
+        "m.1",
+        'rig-ü"\\\n',
+        "HAddr",
+        "j1",
+        weight,
+        str(weight_to_work(weight)),
+        "ab" * 32,
+        9,
+    )
+    text = share_event_text(*args)
+    assert text == generic(*args)
+    assert json.loads(text)["data"]["work"] == str(weight_to_work(weight))
+
+
+def test_dumps_is_json_dumps_compact_unescaped() -> None:
+    obj = {"a": [1, 2.5, None, True], "b": 'ü\u2028"', "c": float("inf")}
+    assert dumps(obj) == json.dumps(obj, separators=(",", ":"), ensure_ascii=False)
+
+
+class _Feed:
+    identity = object()
+    last_id = 0
+
+
+def test_share_accepted_records_the_generic_text() -> None:
+    events = PoolEvents(_Feed(), clock=lambda: 1700000000.25)  # type: ignore[arg-type]
+    event_id = events.share_accepted(
+        miner="m", worker="w", address="a", job_id="j", share_weight=12.5, hash=b"\x01\xff", height=3
+    )
+    stored = events._pending[-1]
+    assert (stored.id, stored.timestamp) == (event_id, 1700000000.25) == (1, 1700000000.25)
+    assert stored.text == event_text(
+        1,
+        1700000000.25,
+        POOL_SHARE_ACCEPTED,
+        {
+            "miner": "m",
+            "worker": "w",
+            "address": "a",
+            "job_id": "j",
+            "share_weight": 12.5,
+            "work": str(weight_to_work(12.5)),
+            "hash": "01ff",
+            "height": 3,
+        },
+    )
