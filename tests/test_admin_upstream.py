@@ -10,40 +10,21 @@ import trio
 
 from miningproxy.api.http import Router, serve_http
 from miningproxy.api.pool_view import PoolView
-from miningproxy.devnode import DevNode, DevNodeSettings
 from miningproxy.hathor.addresses import decode_address
 from miningproxy.pool.service import FoundBlock
 from miningproxy.pool.stats import MinerId
 from miningproxy.upstream.admin import AdminUpstream, HistoryUnavailable
+from tests.devnode_support import Served, devnode
 from tests.hathor_vectors import PRIVATENET_ADDRESS
 from tests.test_admin_ws import eventually
 from tests.test_devnode_admin import XPUB_ADDRESSES
 from tests.test_pool_service import FakeUpstream, make_pool
 
 
-class Served:
-    """A dev node on a fixed port that can be stopped and started again (same chain)."""
-
-    def __init__(self) -> None:
-        self.node = DevNode(DevNodeSettings(block_weight=4))
-        self.node.admin.metrics_interval = 0.1
-        self.port = 0
-        self._scope: trio.CancelScope | None = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/v1a/"
-
-    async def start(self, nursery: trio.Nursery) -> None:
-        self.port = await nursery.start(self._serve)
-
-    async def _serve(self, *, task_status=trio.TASK_STATUS_IGNORED) -> None:
-        with trio.CancelScope() as self._scope:
-            await self.node.serve("127.0.0.1", self.port, task_status=task_status)
-
-    def stop(self) -> None:
-        assert self._scope is not None
-        self._scope.cancel()
+def served_node() -> Served:
+    served = devnode()
+    served.node.admin.metrics_interval = 0.1
+    return served
 
 
 def upstream_for(*nodes: Served, **kw) -> AdminUpstream:
@@ -53,7 +34,7 @@ def upstream_for(*nodes: Served, **kw) -> AdminUpstream:
 
 
 async def test_relays_metrics_events_and_subscribes_each_address_once(nursery):
-    served = Served()
+    served = served_node()
     await served.start(nursery)
     upstream = upstream_for(served)
     events = []
@@ -87,7 +68,7 @@ async def test_relays_metrics_events_and_subscribes_each_address_once(nursery):
 
 
 async def test_reconnects_with_backoff_and_resubscribes(nursery):
-    served = Served()
+    served = served_node()
     await served.start(nursery)
     upstream = upstream_for(served)
     await nursery.start(upstream.run)
@@ -109,7 +90,7 @@ async def test_reconnects_with_backoff_and_resubscribes(nursery):
 
 
 async def test_follows_the_node_the_mining_upstream_uses(nursery):
-    a, b = Served(), Served()
+    a, b = served_node(), served_node()
     await a.start(nursery)
     await b.start(nursery)
     preferred = {"url": None}
@@ -140,7 +121,7 @@ async def test_a_silent_node_is_dropped(nursery):
 
 
 async def test_history_needs_the_capability(nursery):
-    served = Served()
+    served = served_node()
     served.node.admin.history_enabled = False
     await served.start(nursery)
     upstream = upstream_for(served)
