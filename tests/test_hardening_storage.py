@@ -151,8 +151,13 @@ async def test_a_failing_disk_refuses_shares_keeps_mining_and_loses_nothing(tmp_
                 stratum={"send_timeout": 1.0, "ban": {"loopback": True, "threshold": 10, "invalid_share": 1}},
             )
             miner = Miner(app.stratum.ports[0])
-            for _ in range(3):
-                assert (await miner.share())["result"] == "ok"
+            oks = 0
+            while oks < 3:  # a stale answer (31) only means a share found a block just before
+                reply = await miner.share()
+                assert reply is not None and (reply.get("result") == "ok" or reply["error"]["code"] == 31), (
+                    reply
+                )
+                oks += reply.get("result") == "ok"
 
             disk.break_(app)
             refused = 0
@@ -160,6 +165,8 @@ async def test_a_failing_disk_refuses_shares_keeps_mining_and_loses_nothing(tmp_
                 while refused < 15:  # 15 refusals: a ban at 10 points if they counted as invalid
                     reply = await miner.share()
                     if reply is not None and reply.get("error"):
+                        if reply["error"]["code"] == 31:
+                            continue  # a share can find a block: the next one may race the new tip
                         assert reply["error"]["code"] == 20, reply
                         refused += 1
             assert app.pool.events.failing is not None
