@@ -71,13 +71,13 @@ class Disk:
             self._sql(app, "PRAGMA query_only=ON")
         elif self.mount is not None:
             self.filler = self.mount / "filler"
-            with open(self.filler, "wb") as f:
-                try:
+            try:  # ENOSPC may come from any write, the flush or the close: the disk is full then
+                with open(self.filler, "wb") as f:
                     while True:
                         f.write(b"\0" * 65536)
                         f.flush()
-                except OSError as exc:
-                    assert exc.errno == errno.ENOSPC
+            except OSError as exc:
+                assert exc.errno == errno.ENOSPC
         else:
             log = app.events.log
             with log._write_lock:
