@@ -20,9 +20,9 @@ from miningproxy.devnode.cli import add_arguments, settings_from_args
 from miningproxy.devnode.genesis import make_genesis
 from miningproxy.devnode.miner import build_block, find_bad_nonce, mine, mine_template
 from miningproxy.hathor.block import Block, TxOutput
+from tests.devnode_support import NOW, Clock, start_devnode
 
 TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "protocol" / "transcripts"
-NOW = 1795814406  # the real node's wall clock when the transcripts were taken
 P2PKH = bytes.fromhex("76a91466665b27f7dbc4c8c089d2f686c170c74d66f0b588ac")  # the genesis premine's
 OLD_P2PKH = bytes.fromhex("76a914" + "88" * 20 + "88ac")
 NEW_P2PKH = bytes.fromhex("76a914" + "77" * 20 + "88ac")
@@ -86,21 +86,6 @@ def keys_of(value: Any) -> Any:
 
 
 # --- plumbing ------------------------------------------------------------------------------------
-
-
-class Clock:
-    def __init__(self, now: int = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return float(self.now)
-
-
-async def start(nursery: trio.Nursery, **settings: Any) -> tuple[DevNode, int]:
-    settings.setdefault("block_weight", 4)
-    node = DevNode(DevNodeSettings(**settings), clock=Clock())
-    port = await nursery.start(node.serve, "127.0.0.1", 0)
-    return node, port
 
 
 def url(port: int, path: str = "/v1a/event_ws") -> str:
@@ -175,7 +160,7 @@ async def stored(node: DevNode) -> list[dict[str, Any]]:
 
 async def test_from_null_the_real_nodes_events_for_the_same_chain(nursery) -> None:
     """The transcript's three blocks submitted to the dev node: the same 14 events, frames shaped alike."""
-    node, port = await start(nursery, network="privatenet-fastmine", block_weight=8)
+    node, port = await start_devnode(nursery, network="privatenet-fastmine", block_weight=8)
     real = real_events()
     real_frame = real_frames()[0]
     async with trio_websocket.open_websocket_url(url(port)) as ws:
@@ -199,7 +184,7 @@ async def test_from_null_the_real_nodes_events_for_the_same_chain(nursery) -> No
 
 async def test_window_one_replays_the_window1_transcript(nursery) -> None:
     """event_ws-window1.jsonl: START from null with window 1, ACK each event; then an ACK too small."""
-    node, port = await start(nursery, network="privatenet-fastmine", block_weight=8)
+    node, port = await start_devnode(nursery, network="privatenet-fastmine", block_weight=8)
     await submit_over_mining_ws(port, real_blocks())
     script = transcript("event_ws-window1.jsonl")
     real_too_small = next(e["frame"] for e in script if e["frame"].get("type") == "ACK_TOO_SMALL")
@@ -227,7 +212,7 @@ async def test_window_one_replays_the_window1_transcript(nursery) -> None:
 
 
 async def test_start_from_an_id_and_one_block_at_a_time(nursery) -> None:
-    node, port = await start(nursery)
+    node, port = await start_devnode(nursery)
     genesis, tx1, tx2 = (
         node.genesis.block_hash.hex(),
         node.genesis.tx1.hash.hex(),
@@ -266,7 +251,7 @@ async def test_start_from_an_id_and_one_block_at_a_time(nursery) -> None:
 async def test_the_nodes_window_quirks(nursery) -> None:
     """node_quirks: an ACK rewinds (in-flight events come again), a repeated ACK and a new stream at or
     below the last ACK are ACK_TOO_SMALL; an ACK beyond what was sent is ACK_TOO_LARGE."""
-    node, port = await start(nursery)
+    node, port = await start_devnode(nursery)
     async with trio_websocket.open_websocket_url(url(port)) as ws:
         await send(ws, start_stream(None, 3))
         assert [f["event"]["id"] for f in await recv_n(ws, 3)] == [0, 1, 2]
@@ -294,7 +279,7 @@ async def test_the_nodes_window_quirks(nursery) -> None:
 
 
 async def test_reorg_emits_a_group_switches_the_chain_and_notifies(nursery) -> None:
-    node, port = await start(nursery)
+    node, port = await start_devnode(nursery)
     old = [node.mine_block(script=OLD_P2PKH) for _ in range(3)]
     fork = old[0]
     found = output_address(OLD_P2PKH, node.admin.network)
@@ -447,7 +432,7 @@ def test_dev_chain_side_blocks_ties_and_refusals() -> None:
 
 
 async def test_without_the_event_queue_the_node_answers_not_running(nursery) -> None:
-    node, port = await start(nursery, event_queue=False)
+    node, port = await start_devnode(nursery, event_queue=False)
     not_running = {"type": "EVENT_WS_NOT_RUNNING", "invalid_request": None, "error_message": None}
     async with trio_websocket.open_websocket_url(url(port)) as ws:
         assert await recv(ws) == not_running  # on open, unasked
@@ -465,7 +450,7 @@ async def test_without_the_event_queue_the_node_answers_not_running(nursery) -> 
 
 
 async def test_http_get_event(nursery) -> None:
-    node, port = await start(nursery)
+    node, port = await start_devnode(nursery)
     node.mine_block()
     node.mine_block()
     everything = await stored(node)

@@ -10,34 +10,19 @@ import pytest
 import trio
 import trio_websocket
 
-from miningproxy.devnode import DevNode, DevNodeSettings
+from miningproxy.devnode import DevNode
 from miningproxy.devnode.miner import build_block, find_bad_nonce, mine_template
 from miningproxy.hathor.block import Block
+from tests.devnode_support import NOW, Clock, start_devnode
 
 TRANSCRIPTS = Path(__file__).resolve().parents[2] / "shared" / "protocol" / "transcripts"
-NOW = 1795814406
 P2PKH = bytes.fromhex("76a91466665b27f7dbc4c8c089d2f686c170c74d66f0b588ac")
 INTERNAL_ERROR = {"id": None, "error": {"code": -32603, "message": "Internal error"}, "result": None}
 
 
-class Clock:
-    def __init__(self, now: int = NOW) -> None:
-        self.now = now
-
-    def __call__(self) -> float:
-        return float(self.now)
-
-
-async def _start(nursery: trio.Nursery, **settings: Any) -> tuple[DevNode, int]:
-    settings.setdefault("block_weight", 4)
-    node = DevNode(DevNodeSettings(**settings), clock=Clock())
-    port = await nursery.start(node.serve, "127.0.0.1", 0)
-    return node, port
-
-
 @pytest.fixture
 async def devnode(nursery: trio.Nursery) -> tuple[DevNode, str]:
-    node, port = await _start(nursery)
+    node, port = await start_devnode(nursery)
     return node, f"ws://127.0.0.1:{port}/v1a/mining_ws"
 
 
@@ -156,7 +141,7 @@ async def test_invalid_pow_is_fatal_and_closes_without_status(devnode) -> None:
 
 async def test_low_weight_from_template_data_is_rejected_when_weight_decays(nursery) -> None:
     """The TRAP: the template's weight is for timestamp_now; data is stamped timestamp_min."""
-    node, port = await _start(nursery, block_weight=8, min_block_weight=2, weight_decay_seconds=60)
+    node, port = await start_devnode(nursery, block_weight=8, min_block_weight=2, weight_decay_seconds=60)
     async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/v1a/mining_ws") as ws:
         template = (await recv(ws))["params"][0]
         assert template["weight"] == 2  # the genesis is years old: fully decayed at timestamp_now
@@ -310,7 +295,7 @@ def _real_body(name: str) -> dict[str, Any]:
 
 
 async def test_http_version_and_status(nursery) -> None:
-    node, port = await _start(nursery, network="privatenet-fastmine")
+    node, port = await start_devnode(nursery, network="privatenet-fastmine")
     status, headers, version = await _http_get(port, "/v1a/version")
     assert status == "HTTP/1.1 200 OK"
     assert headers["content-type"] == "application/json; charset=utf-8"
@@ -339,7 +324,7 @@ def _transcript() -> list[dict[str, Any]]:
 
 async def test_replay_real_transcript(nursery) -> None:
     """Every frame the real node sent, in order, is reproduced exactly by the dev node."""
-    node, port = await _start(nursery, network="privatenet-fastmine", block_weight=8)
+    node, port = await start_devnode(nursery, network="privatenet-fastmine", block_weight=8)
     clock = node.clock
     assert isinstance(clock, Clock)
     frames = _transcript()

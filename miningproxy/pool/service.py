@@ -13,7 +13,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import trio
@@ -69,7 +69,6 @@ class FoundBlock:
     status: str = "found"  # found -> submitted (-> pending) -> accepted | rejected | stale
     reason: str = ""
     node: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -114,7 +113,6 @@ class PoolService:
         self.work: LatestValue[WorkSignal] = LatestValue()
         self.stats = PoolStats()
         self.blocks: deque[FoundBlock] = deque(maxlen=RECENT_BLOCKS)
-        self.template_received_at: float | None = None  # trio time of the last template update
         self._wallclock = wallclock
         self._seq = 0
         self.consumers = 0  # registered job consumers (rigs, local worker pools)
@@ -139,11 +137,6 @@ class PoolService:
         generation = self.jobs.generation
         return generation.tip if generation else None
 
-    def template_age(self) -> float | None:
-        if self.template_received_at is None:
-            return None
-        return trio.current_time() - self.template_received_at
-
     # --- running -------------------------------------------------------------------------------
 
     async def run(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
@@ -158,7 +151,6 @@ class PoolService:
             if not update.templates:
                 continue
             self.metrics.templates.inc()
-            self.template_received_at = trio.current_time()
             template = pick_template(update.templates)
             if template is None:
                 log.error(
