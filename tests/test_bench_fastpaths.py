@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
 from miningproxy.stratum import messages as m
+from miningproxy.stratum.session import _decoder, decode_line, parse_nonce
 
 HEX = st.text("0123456789abcdef", min_size=0, max_size=130)
 
@@ -43,3 +46,74 @@ def test_encode_job_is_the_generic_encoding(msgid, data, job_id, nonce_size, wei
 def test_encode_job_refuses_what_json_cannot_carry() -> None:
     with pytest.raises(ValueError):
         m.encode_job(0, "", "", 16, math.inf, True, "")
+
+
+# --- the share path's parsers: fast paths that must decide exactly as the plain code ----------
+
+_HEX_RE = re.compile(r"[0-9a-fA-F]+")
+
+
+def _plain_parse_nonce(raw):
+    """parse_nonce as first written: strip, drop one 0x, hex digits only."""
+    if isinstance(raw, bool):
+        return None
+    if isinstance(raw, int):
+        return raw if raw >= 0 else None
+    if not isinstance(raw, str):
+        return None
+    text = raw.strip()
+    if text[:2] in ("0x", "0X"):
+        text = text[2:]
+    return int(text, 16) if _HEX_RE.fullmatch(text) else None
+
+
+NONCE_LIKE = st.one_of(
+    st.text("0123456789abcdefABCDEFxX_+- g\u0660\u00b2\uff11", max_size=40),
+    st.from_regex(r"\A(0[xX])?[0-9a-fA-F]{1,40}\Z"),
+    st.text(max_size=40),
+    st.integers(),
+    st.booleans(),
+    st.none(),
+)
+
+
+@given(NONCE_LIKE)
+def test_parse_nonce_fast_path_decides_as_the_plain_parser(raw) -> None:
+    assert parse_nonce(raw) == _plain_parse_nonce(raw)
+
+
+def _plain_decode(text):
+    try:
+        return ("ok", _decoder.decode(text))
+    except ValueError:
+        return ("error", None)
+
+
+def _fast_decode(text):
+    try:
+        return ("ok", decode_line(text))
+    except ValueError:
+        return ("error", None)
+
+
+JSONISH = st.one_of(
+    st.text('{}[]":,0123456789.eE+- truefalsnNaIiy\\u', max_size=60).map(lambda t: "{" + t),
+    st.recursive(
+        st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=10),
+        lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+        max_leaves=10,
+    ).map(lambda v: json.dumps({"v": v}, separators=(",", ":"))),
+    st.text(max_size=60),
+)
+
+
+@given(JSONISH, st.sampled_from(["", " ", "\t", "x", "}", ",1"]))
+def test_decode_line_agrees_with_the_json_decoder(text, suffix) -> None:
+    assert _fast_decode(text + suffix) == _plain_decode(text + suffix)
+
+
+def test_decode_line_refuses_nan_and_extra_data_like_the_decoder() -> None:
+    for text in ('{"a":NaN}', '{"a":1}{"b":2}', '{"a":Infinity}', "{"):
+        with pytest.raises(ValueError):
+            decode_line(text)
+    assert decode_line('{"id":1,"method":"submit"}') == {"id": 1, "method": "submit"}

@@ -51,3 +51,58 @@ def test_rate_is_never_negative_and_bounded_by_total_work(steps):
         rate = meter.rate(now)
         assert rate >= 0
         assert rate <= total / 5 + 1e-6
+
+
+class _ReferenceMeter:
+    """The meter written the plain way (every add scans for expired buckets): the fast path of
+    HashrateMeter.add must give exactly its numbers."""
+
+    def __init__(self, window: float, bucket: float) -> None:
+        self.window, self.bucket = window, bucket
+        self.buckets: list[list[float]] = []
+        self.started: float | None = None
+        self.total = 0.0
+
+    def add(self, now: float, work: float) -> None:
+        if self.started is None:
+            self.started = now
+        start = now - (now % self.bucket)
+        if self.buckets and self.buckets[-1][0] == start:
+            self.buckets[-1][1] += work
+        else:
+            self.buckets.append([start, work])
+        self.total += work
+        self.expire(now)
+
+    def expire(self, now: float) -> None:
+        while self.buckets and self.buckets[0][0] + self.bucket <= now - self.window:
+            self.total -= self.buckets.pop(0)[1]
+        if not self.buckets:
+            self.total = 0.0
+
+    def rate(self, now: float) -> float:
+        if self.started is None:
+            return 0.0
+        self.expire(now)
+        return self.total / max(min(self.window, now - self.started), self.bucket)
+
+
+@given(
+    st.sampled_from([(600.0, 10.0), (60.0, 5.0), (7.5, 2.5), (1.0, 0.3)]),
+    st.lists(
+        st.tuples(st.floats(0, 20), st.floats(0, 1e12), st.booleans()),
+        max_size=300,
+    ),
+)
+def test_fast_path_gives_exactly_the_plain_meters_rates(shape, steps):
+    window, bucket = shape
+    meter, reference = HashrateMeter(window=window, bucket=bucket), _ReferenceMeter(window, bucket)
+    now = 1000.0
+    for dt, work, look in steps:
+        now += dt
+        meter.add(now, work)
+        reference.add(now, work)
+        if look:
+            assert meter.rate(now) == reference.rate(now)
+    assert meter.rate(now + window / 2) == reference.rate(now + window / 2)
+    assert meter.rate(now + 2 * window) == reference.rate(now + 2 * window) == 0.0

@@ -7,6 +7,8 @@ import random
 from dataclasses import dataclass, field
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from miningproxy.stratum.settings import SettingsError, VardiffSettings
 from miningproxy.stratum.vardiff import Vardiff
@@ -192,3 +194,57 @@ def test_settings_are_checked():
         VardiffSettings(min_weight=10, max_weight=5, initial_weight=10).check()
     with pytest.raises(SettingsError, match="stratum.vardiff.min_weight"):
         VardiffSettings(min_weight=0).check()
+
+
+class _AlwaysEvaluating(Vardiff):
+    """Vardiff.share as first written: every share runs the whole controller. The shortcut in
+    Vardiff.share (skip it while no retarget can be due) must change nothing."""
+
+    def share(self, job_weight: float, job_sent_at: float, now: float) -> float | None:
+        self.last_share_at = now
+        if job_sent_at < self._changed_at or self._effective is None:
+            return None
+        self._shares += 1
+        self._integrate(now)
+        self._last_counted = now
+        self._gap_mark = self._total
+        return self._evaluate(now)
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["job", "share", "tick", "ceiling"]),
+            st.floats(0, 30),  # seconds since the previous step
+            st.floats(1, 60),  # a weight (jobs, ceilings)
+        ),
+        max_size=400,
+    ),
+    st.sampled_from(
+        [
+            VardiffSettings(),
+            VardiffSettings(ramp_time=0, retarget_shares=3, retarget_time=20, idle_after=15),
+            VardiffSettings(ramp_shares=1, retarget_shares=1, min_change=0),
+        ]
+    ),
+)
+@settings(max_examples=600)
+def test_the_share_shortcut_decides_exactly_as_the_full_controller(steps, vardiff_settings):
+    fast, full = Vardiff(vardiff_settings, 0.0), _AlwaysEvaluating(vardiff_settings, 0.0)
+    now = 0.0
+    sent: list[float] = []
+    for kind, dt, weight in steps:
+        now += dt
+        if kind == "job":
+            for v in (fast, full):
+                v.job_sent(min(v.weight, weight), now)
+            sent.append(now)
+        elif kind == "share" and sent:
+            job_sent_at = sent[-1] if dt > 5 else sent[0]
+            assert fast.share(fast.weight, job_sent_at, now) == full.share(full.weight, job_sent_at, now)
+        elif kind == "tick":
+            assert fast.tick(now) == full.tick(now)
+        elif kind == "ceiling":
+            fast.ceiling = full.ceiling = weight
+        assert fast.weight == full.weight
+        assert fast.next_check() == full.next_check()

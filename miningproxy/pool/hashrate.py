@@ -7,11 +7,12 @@ memory is one float per bucket whatever the share rate.
 
 from __future__ import annotations
 
+import math
 from collections import deque
 
 
 class HashrateMeter:
-    __slots__ = ("window", "bucket", "_buckets", "_started", "_total")
+    __slots__ = ("window", "bucket", "_buckets", "_started", "_total", "_last", "_first_end")
 
     def __init__(self, window: float = 600.0, bucket: float = 10.0) -> None:
         if window <= 0 or bucket <= 0 or bucket > window:
@@ -21,24 +22,38 @@ class HashrateMeter:
         self._buckets: deque[list[float]] = deque()  # [bucket start, work]
         self._started: float | None = None
         self._total = 0.0
+        # Called for every share (three meters each), so the common case -- same bucket as the
+        # last share, nothing to expire -- is kept to a few float operations.
+        self._last: list[float] | None = None  # the newest bucket
+        self._first_end = math.inf  # the oldest bucket's end: nothing expires before window after it
 
     def add(self, now: float, work: float) -> None:
         if self._started is None:
             self._started = now
         start = now - (now % self.bucket)
-        if self._buckets and self._buckets[-1][0] == start:
-            self._buckets[-1][1] += work
+        last = self._last
+        if last is not None and last[0] == start:
+            last[1] += work
         else:
-            self._buckets.append([start, work])
+            self._last = [start, work]
+            if not self._buckets:
+                self._first_end = start + self.bucket
+            self._buckets.append(self._last)
         self._total += work
-        self._expire(now)
+        if now - self.window >= self._first_end:
+            self._expire(now)
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window
-        while self._buckets and self._buckets[0][0] + self.bucket <= horizon:
-            self._total -= self._buckets.popleft()[1]
-        if not self._buckets:
+        buckets = self._buckets
+        while buckets and buckets[0][0] + self.bucket <= horizon:
+            self._total -= buckets.popleft()[1]
+        if buckets:
+            self._first_end = buckets[0][0] + self.bucket
+        else:
             self._total = 0.0
+            self._last = None
+            self._first_end = math.inf
 
     def rate(self, now: float) -> float:
         """Hashes per second over the window (or since the first share, when that is shorter)."""

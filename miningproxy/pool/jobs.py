@@ -4,7 +4,8 @@ A job fixes everything about a candidate block except the nonce: the template it
 payout script, the timestamp (the clock clamped into the template's range, never the timestamp in
 the template's ``data``: see the TRAP in HATHOR.md), and the block data, which carries the pool tag
 and the job id so that no two jobs share a header and so that the pool's blocks are recognisable.
-The job keeps the header's SHA-256 midstate, so checking a share costs two compressions.
+The job makes the header's SHA-256 midstate at its first share and keeps it, so checking a share
+costs two compressions; a job that never sees a share (most of them) never pays for it.
 """
 
 from __future__ import annotations
@@ -13,7 +14,8 @@ import itertools
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from functools import cached_property, lru_cache
 
 from hashing.header import HeaderHasher
 from hashing.pow import target_to_bytes, weight_to_target
@@ -36,21 +38,59 @@ class Generation:
     def tip(self) -> bytes:
         return self.template.parents[0]
 
+    @cached_property
+    def tip_hex(self) -> str:
+        return self.template.parents[0].hex()
 
-@dataclass(eq=False)
+
 class Job:
-    job_id: str
-    generation: Generation
-    assembled: AssembledBlock
-    hasher: HeaderHasher
-    share_weight: float
-    share_target: bytes
-    block_target: bytes
-    payout_script: bytes
-    created_at: float
-    clean: bool
-    # Normalized nonces already credited on this job (duplicate detection).
-    seen_nonces: set[int] = field(default_factory=set)
+    """One consumer's job. Built for every rig on every new block, so it is a slotted class that
+    computes on demand what only a share needs: the header's midstate and the set of nonces seen."""
+
+    __slots__ = (
+        "job_id", "generation", "assembled", "share_weight", "share_target", "block_target",
+        "payout_script", "created_at", "clean", "_hasher", "_seen",
+    )  # fmt: skip
+
+    def __init__(
+        self,
+        job_id: str,
+        generation: Generation,
+        assembled: AssembledBlock,
+        share_weight: float,
+        share_target: bytes,
+        block_target: bytes,
+        payout_script: bytes,
+        created_at: float,
+        clean: bool,
+    ) -> None:
+        self.job_id = job_id
+        self.generation = generation
+        self.assembled = assembled
+        self.share_weight = share_weight
+        self.share_target = share_target
+        self.block_target = block_target
+        self.payout_script = payout_script
+        self.created_at = created_at
+        self.clean = clean
+        self._hasher: HeaderHasher | None = None
+        self._seen: set[int] | None = None
+
+    @property
+    def hasher(self) -> HeaderHasher:
+        """The header's SHA-256 midstate, made at the first share (most jobs never see one)."""
+        hasher = self._hasher
+        if hasher is None:
+            hasher = self._hasher = HeaderHasher(self.assembled.header)
+        return hasher
+
+    @property
+    def seen_nonces(self) -> set[int]:
+        """Normalized nonces already credited on this job (duplicate detection)."""
+        seen = self._seen
+        if seen is None:
+            seen = self._seen = set()
+        return seen
 
     @property
     def header(self) -> bytes:
@@ -66,7 +106,16 @@ class Job:
 
     @property
     def parent_hash(self) -> str:
-        return self.generation.tip.hex()
+        return self.generation.tip_hex
+
+    def __repr__(self) -> str:
+        return f"Job({self.job_id}, height={self.generation.template.height}, weight={self.share_weight:g})"
+
+
+@lru_cache(maxsize=1024)
+def target_bytes(weight: float) -> bytes:
+    """The 32-byte target for ``weight``; cached: a fan-out asks for the same few weights for every rig."""
+    return target_to_bytes(weight_to_target(weight))
 
 
 class JobFactory:
@@ -111,18 +160,18 @@ class JobFactory:
         id_bytes = self._prefix + next(self._counter).to_bytes(JOB_ID_SIZE - 4, "big")
         template = generation.template
         timestamp = clamp_timestamp(template, self._wallclock())
-        assembled = self._assembler(payout_script).build(timestamp, self._tag + id_bytes)
+        assembler = self._assemblers.get(payout_script) or self._assembler(payout_script)
+        assembled = assembler.build(timestamp, self._tag + id_bytes)
         block_weight = template.weight
         share_weight = min(share_weight, block_weight) if share_weight > 0 else block_weight
         return Job(
-            job_id=id_bytes.hex(),
-            generation=generation,
-            assembled=assembled,
-            hasher=HeaderHasher(assembled.header),
-            share_weight=share_weight,
-            share_target=target_to_bytes(weight_to_target(share_weight)),
-            block_target=target_to_bytes(weight_to_target(block_weight)),
-            payout_script=payout_script,
-            created_at=now,
-            clean=clean,
+            id_bytes.hex(),
+            generation,
+            assembled,
+            share_weight,
+            target_bytes(share_weight),
+            target_bytes(block_weight),
+            payout_script,
+            now,
+            clean,
         )

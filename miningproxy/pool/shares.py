@@ -8,7 +8,7 @@ block; only such checked blocks are ever submitted (the node disconnects on inva
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from hashing.header import NONCE_SIZE
 from miningproxy.pool.jobs import Job
@@ -16,8 +16,7 @@ from miningproxy.pool.jobs import Job
 MAX_NONCE = (1 << (8 * NONCE_SIZE)) - 1
 
 
-@dataclass(frozen=True, slots=True)
-class ShareResult:
+class ShareResult(NamedTuple):  # a tuple: one is made per share, and a frozen dataclass is slow to build
     accepted: bool
     reason: str  # "ok" or why it was rejected: invalid-solution, stale, duplicate, bad-nonce, storage-busy
     hash: bytes | None = None  # big-endian block hash, when computed

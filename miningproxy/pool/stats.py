@@ -47,10 +47,14 @@ class PoolStats:
 
     def accepted(self, miner: MinerId, share_weight: float, now: float) -> None:
         work = work_of(share_weight)
-        for stats in (self._miner(miner), self.pool):
-            stats.accepted += 1
-            stats.last_share_at = now
-            stats.meter.add(now, work)
+        stats = self.miners.get(miner) or self._miner(miner)
+        stats.accepted += 1
+        stats.last_share_at = now
+        stats.meter.add(now, work)
+        total = self.pool
+        total.accepted += 1
+        total.last_share_at = now
+        total.meter.add(now, work)
 
     def rejected(self, miner: MinerId, reason: str) -> None:
         self._miner(miner).rejected[reason] += 1

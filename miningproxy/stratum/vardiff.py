@@ -82,6 +82,16 @@ class Vardiff:
         self._integrate(now)
         self._last_counted = now
         self._gap_mark = self._total
+        s = self.settings
+        if (
+            self._shares < s.ramp_shares
+            and self._shares < s.retarget_shares
+            and now < self._start + s.retarget_time
+        ):
+            # Most shares: no retarget can be due (too few shares, too soon), and a rig that has
+            # just found one is not idle; only the ceiling clamp of _evaluate applies.
+            self._weight = min(self._weight, self.ceiling)
+            return None
         return self._evaluate(now)
 
     def tick(self, now: float) -> float | None:
