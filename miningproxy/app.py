@@ -20,6 +20,7 @@ from typing import Any
 import trio
 from prometheus_client.core import CounterMetricFamily
 
+from miningproxy import gcpolicy
 from miningproxy.api.admin_ws import ProxyAdmin
 from miningproxy.api.http import HttpRequest, HttpResponse, Router, serve_http
 from miningproxy.api.mining_ws import MiningRelay
@@ -298,6 +299,15 @@ def _add_routes(app: App) -> None:
 
 async def run_app(config: Config, *, task_status: trio.TaskStatus[App] = trio.TASK_STATUS_IGNORED) -> None:
     app = build_app(config)
+    gc_pauses = gcpolicy.PauseTimer(app.metrics.observe_gc_pause)
+    gc_pauses.install()
+    try:
+        await _run_app(app, config, task_status)
+    finally:
+        gc_pauses.remove()
+
+
+async def _run_app(app: App, config: Config, task_status: trio.TaskStatus[App]) -> None:
     async with trio.open_nursery() as nursery:
         if config.devnode.enabled:
             await _start_devnode(nursery, config)

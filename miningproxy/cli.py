@@ -89,6 +89,10 @@ def _run(args: argparse.Namespace) -> int:
     from miningproxy.limits import apply_open_file_limit
 
     config = apply_open_file_limit(config)  # raise RLIMIT_NOFILE; fit stratum.max_connections under it
+    from miningproxy import gcpolicy
+
+    gcpolicy.apply()  # no full-heap collection pauses on every few blocks with many rigs
+    gcpolicy.freeze_startup()
     errors: list[ConfigError] = []
     try:
         trio.run(run_app, config)

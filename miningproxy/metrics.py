@@ -62,6 +62,20 @@ class Metrics:
             registry=r,
         )
 
+        self.gc_pause = Histogram(
+            "miningproxy_gc_pause_seconds",
+            "Garbage collector pauses (the event loop stops meanwhile), by generation (2 = full)",
+            ["generation"],
+            buckets=_FAST_BUCKETS,
+            registry=r,
+        )
+        self._gc_children = {g: self.gc_pause.labels(str(g)) for g in (0, 1, 2)}
+
+    def observe_gc_pause(self, generation: int, seconds: float) -> None:
+        child = self._gc_children.get(generation)
+        if child is not None:
+            child.observe(seconds)
+
     def add_live_gauges(self, read: Callable[[], Iterable[Metric]]) -> None:
         """Register a function that yields gauge families from live state at scrape time."""
         self.registry.register(_LiveCollector(read))
