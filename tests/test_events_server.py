@@ -14,7 +14,7 @@ import trio.testing
 import trio_websocket
 from test_events_support import FakeNode, node_dumps, synthetic_events, transcript_events
 
-from miningproxy.api.http import HttpRequest, Router, serve_http
+from miningproxy.api.http import HttpRequest, Router, serve_http, serve_http_stream
 from miningproxy.events.feed import EventFeed
 from miningproxy.events.log import EventLog, StoredEvent, StreamIdentity
 from miningproxy.events.metrics import EventMetrics
@@ -253,15 +253,12 @@ async def test_a_client_that_stops_reading_is_cut_off(autojump_clock: trio.testi
         )
         metrics = EventMetrics()
         server = EventStreamServer(feed, send_timeout=30, metrics=metrics)
+        router = Router()
+        router.websocket("/event_ws", server.handle)
         client_stream, server_stream = trio.testing.lockstep_stream_pair()
-        request = HttpRequest("GET", "/event_ws", {}, {}, b"", "peer")
-
-        async def serve() -> None:
-            ws_request = await trio_websocket.wrap_server_stream(nursery, server_stream)
-            await server.handle(await ws_request.accept(), request)
 
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(serve)
+            nursery.start_soon(serve_http_stream, server_stream, router)
             ws = await trio_websocket.wrap_client_stream(
                 nursery, client_stream, "proxy", "/event_ws", message_queue_size=1
             )

@@ -3,7 +3,10 @@
 trio-websocket alone answers every plain HTTP request with 400, and the proxy serves JSON endpoints
 (/health, /metrics, the node's /v1a/version ...) next to websockets on one port. So the request
 head is parsed here with h11; a websocket upgrade is handed to trio-websocket with the head
-replayed in front of the stream, everything else is answered here with keep-alive.
+replayed in front of the stream, everything else is answered here with keep-alive. A handler
+marked :func:`~miningproxy.api.websocket.lean_websocket` (the event streams) gets a
+:class:`~miningproxy.api.websocket.WebSocket` instead: the handshake is answered here (by wsproto)
+and the stream handed over directly, without trio-websocket's reader task.
 
 Limits: ``max_header_bytes`` (431), ``header_timeout`` (slowloris: the connection is closed when a
 request head, or its body, is not complete in time; this also bounds idle keep-alive connections),
@@ -25,6 +28,7 @@ import h11
 import trio
 import trio_websocket
 
+from miningproxy.api import websocket as lean
 from miningproxy.api.prefixed_stream import PrefixedStream
 
 log = logging.getLogger(__name__)
@@ -83,6 +87,8 @@ class HttpResponse:
 
 HttpHandler = Callable[[HttpRequest], Awaitable[HttpResponse]]
 WebSocketHandler = Callable[[trio_websocket.WebSocketConnection, HttpRequest], Awaitable[None]]
+# A handler marked with miningproxy.api.websocket.lean_websocket takes that module's WebSocket.
+AnyWebSocketHandler = WebSocketHandler | lean.LeanWebSocketHandler
 
 
 def normalize_path(path: str) -> str:
@@ -93,7 +99,7 @@ def normalize_path(path: str) -> str:
 @dataclass
 class Route:
     http: dict[str, HttpHandler] = field(default_factory=dict)
-    websocket: WebSocketHandler | None = None
+    websocket: AnyWebSocketHandler | None = None
 
     @property
     def methods(self) -> list[str]:
@@ -114,7 +120,9 @@ class Router:
         for method in methods:
             route.http[method.upper()] = handler
 
-    def websocket(self, path: str, handler: WebSocketHandler) -> None:
+    def websocket(self, path: str, handler: AnyWebSocketHandler) -> None:
+        """Serve websockets on ``path``: ``handler(ws, request)`` gets a trio-websocket connection, or
+        a :class:`miningproxy.api.websocket.WebSocket` when it is marked ``@lean_websocket``."""
         self._route(path).websocket = handler
 
     def lookup(self, path: str) -> Route | None:
@@ -227,7 +235,10 @@ class _Connection:
                 problem = _websocket_handshake_problem(headers)
                 if problem is None:
                     request = HttpRequest(method, path, query, headers, b"", self.peer)
-                    await self._serve_websocket(event, request, route.websocket)
+                    if lean.is_lean_websocket(route.websocket):
+                        await self._serve_lean_websocket(event, request, route.websocket)
+                    else:
+                        await self._serve_websocket(event, request, route.websocket)  # type: ignore[arg-type]
                     raise _Closed()
                 await self._respond(HttpResponse.json({"error": problem}, 400), close=True)
                 return
@@ -260,19 +271,56 @@ class _Connection:
             log.exception("handler for %s %s failed (peer %s)", request.method, request.path, self.peer)
             return HttpResponse.json({"error": "internal server error"}, 500)
 
-    async def _serve_websocket(
-        self, event: h11.Request, request: HttpRequest, handler: WebSocketHandler
-    ) -> None:
-        # Consume the (empty) body so h11 pauses and hands over the bytes read past the head (a
-        # client may send its first frame right behind the handshake); they are held until accept.
+    def _bytes_after_head(self) -> bytes | None:
+        """Consume the (empty) body so h11 pauses and hands over the bytes read past the head (a
+        client may send its first frame right behind the handshake); None: drop the connection."""
         try:
             while True:
                 nxt = self.conn.next_event()
                 if nxt is h11.PAUSED or nxt is h11.NEED_DATA or isinstance(nxt, h11.ConnectionClosed):
                     break
         except h11.RemoteProtocolError:
-            return  # a broken body behind an upgrade request: just drop the connection
+            return None  # a broken body behind an upgrade request
         trailing, _ = self.conn.trailing_data
+        return trailing
+
+    async def _serve_lean_websocket(
+        self, event: h11.Request, request: HttpRequest, handler: lean.LeanWebSocketHandler
+    ) -> None:
+        trailing = self._bytes_after_head()
+        if trailing is None:
+            return
+        try:
+            response, connection = lean.server_handshake(_serialize_head(event))
+        except lean.HandshakeError as exc:
+            await self._respond(
+                HttpResponse.json({"error": f"bad websocket upgrade: {exc}"}, 400), close=True
+            )
+            await self._linger()
+            return
+        with trio.move_on_after(self.limits.header_timeout) as scope:
+            await self.stream.send_all(response)
+        if scope.cancelled_caught:
+            return
+        ws = lean.WebSocket(self.stream, connection, received=trailing)
+        code = lean.CLOSE_NORMAL
+        try:
+            await handler(ws, request)
+        except Exception as exc:
+            if not _is_connection_closed(exc):
+                log.exception("websocket handler for %s failed (peer %s)", request.path, self.peer)
+                code = WS_INTERNAL_ERROR
+        finally:
+            with trio.move_on_after(WS_CLOSE_TIMEOUT):
+                await ws.aclose(code)
+
+    async def _serve_websocket(
+        self, event: h11.Request, request: HttpRequest, handler: WebSocketHandler
+    ) -> None:
+        # The bytes after the head are held until trio-websocket has accepted (see PrefixedStream).
+        trailing = self._bytes_after_head()
+        if trailing is None:
+            return
         stream = PrefixedStream(_serialize_head(event), self.stream, held=trailing, hold=True)
         async with trio.open_nursery() as nursery:
             ws = None
@@ -394,7 +442,11 @@ def _is_connection_closed(exc: BaseException) -> bool:
     if isinstance(exc, BaseExceptionGroup):
         return all(_is_connection_closed(inner) for inner in exc.exceptions)
     return isinstance(
-        exc, trio_websocket.ConnectionClosed | trio.BrokenResourceError | trio.ClosedResourceError
+        exc,
+        trio_websocket.ConnectionClosed
+        | lean.ConnectionClosed
+        | trio.BrokenResourceError
+        | trio.ClosedResourceError,
     )
 
 

@@ -6,6 +6,10 @@ client's requests, a send task streams what the window allows. The send path is 
 window caps what is in flight, and a client that stops reading (a send blocked for
 ``send_timeout``) is cut off with a logged reason instead of holding memory or a task forever.
 
+The websocket is the lean one (:mod:`miningproxy.api.websocket`): a client acknowledging every
+event sends thousands of small messages per second, so every message of one socket read is applied
+in one step (:meth:`StreamSession.receive_batch`) and the frames of a refill go out in one write.
+
 A feed without an identity (the proxy has never received its upstream's events) is "not
 running": like the node, the server answers EVENT_WS_NOT_RUNNING on open and to every request.
 """
@@ -17,11 +21,9 @@ from collections import deque
 from typing import Any
 
 import trio
-import trio_websocket
-from wsproto.events import TextMessage
-from wsproto.utilities import LocalProtocolError
 
 from miningproxy.api.http import HttpRequest, HttpResponse
+from miningproxy.api.websocket import ConnectionClosed, WebSocket, lean_websocket
 from miningproxy.events.feed import EventFeed
 from miningproxy.events.log import PrunedError
 from miningproxy.events.metrics import EventMetrics
@@ -70,7 +72,8 @@ class EventStreamServer:
         self.metrics = metrics
         self.connections = 0
 
-    async def handle(self, ws: trio_websocket.WebSocketConnection, request: HttpRequest) -> None:
+    @lean_websocket
+    async def handle(self, ws: WebSocket, request: HttpRequest) -> None:
         self.connections += 1
         try:
             envelope = self.feed.envelope
@@ -79,18 +82,36 @@ class EventStreamServer:
                 return
             connection = _Connection(self, ws, StreamSession(envelope, node_quirks=self.node_quirks), request)
             await connection.run()
-        except trio_websocket.ConnectionClosed:
+        except ConnectionClosed:
             pass
+        except _CutOff as cut:
+            await self._cut_off(ws, request.peer, cut)
         finally:
             self.connections -= 1
 
-    async def _not_running(self, ws: trio_websocket.WebSocketConnection) -> None:
+    async def _not_running(self, ws: WebSocket) -> None:
         self._count_error(EVENT_WS_NOT_RUNNING)
-        await ws.send_message(error_frame(EVENT_WS_NOT_RUNNING))
+        await self._send(ws, [error_frame(EVENT_WS_NOT_RUNNING)])
         while True:
-            message = await ws.get_message()
-            self._count_error(EVENT_WS_NOT_RUNNING)
-            await ws.send_message(error_frame(EVENT_WS_NOT_RUNNING, payload_text(message)))
+            messages = await ws.receive_messages()
+            for _ in messages:
+                self._count_error(EVENT_WS_NOT_RUNNING)
+            await self._send(ws, [error_frame(EVENT_WS_NOT_RUNNING, payload_text(m)) for m in messages])
+
+    async def _send(self, ws: WebSocket, frames: list[str]) -> None:
+        """Send in one write; raises _CutOff when the client does not take it within send_timeout."""
+        with trio.move_on_after(self.send_timeout) as scope:
+            await ws.send_messages(frames)
+        if scope.cancelled_caught:
+            raise _CutOff(f"the client did not read for {self.send_timeout:g}s (a send was blocked)")
+
+    async def _cut_off(self, ws: WebSocket, peer: str, cut: _CutOff) -> None:
+        log.warning("event_ws %s: cutting off client %s: %s", self.name, peer or "?", cut.reason)
+        if self.metrics is not None:
+            self.metrics.clients_cut_off.labels(self.name, "not-reading").inc()
+        # A cancelled send leaves half a frame on the wire: nothing more (not even a close frame,
+        # which this client would not read anyway) can be sent. Drop the transport.
+        await ws.abort()
 
     def _count_error(self, error_type: str) -> None:
         if self.metrics is not None:
@@ -101,7 +122,7 @@ class _Connection:
     def __init__(
         self,
         server: EventStreamServer,
-        ws: trio_websocket.WebSocketConnection,
+        ws: WebSocket,
         session: StreamSession,
         request: HttpRequest,
     ) -> None:
@@ -112,7 +133,6 @@ class _Connection:
         self.peer = request.peer
         self._wake = trio.Event()
         self._requests = 0  # client messages handled so far
-        self._writer = _Writer(ws)
 
     def wake(self) -> None:
         self._wake.set()
@@ -130,27 +150,19 @@ class _Connection:
         """Run one half of the connection; when it ends (closed, cut off), end the other too."""
         try:
             await loop()
-        except (trio_websocket.ConnectionClosed, _Gone):
+        except ConnectionClosed:
             pass
         except _CutOff as cut:
-            log.warning(
-                "event_ws %s: cutting off client %s: %s", self.server.name, self.peer or "?", cut.reason
-            )
-            if self.server.metrics is not None:
-                self.server.metrics.clients_cut_off.labels(self.server.name, "not-reading").inc()
-            # A cancelled send leaves half a frame on the wire: nothing more (not even a close
-            # frame, which this client would not read anyway) can be sent. Drop the transport.
-            stream = getattr(self.ws, "_stream", None)  # trio-websocket has no public abort()
-            if stream is not None:
-                await trio.aclose_forcefully(stream)  # type: ignore[arg-type]
+            await self.server._cut_off(self.ws, self.peer, cut)
         finally:
             scope.cancel()
 
     async def _receive_loop(self) -> None:
         while True:
-            message = await self.ws.get_message()
-            frames = self.session.receive(message, first_id=self.feed.first_id)
-            self._requests += 1
+            # Every message of one read at once: a client acknowledging each event sends them in bursts.
+            messages = await self.ws.receive_messages()
+            frames = self.session.receive_batch(messages, first_id=self.feed.first_id)
+            self._requests += len(messages)
             self._wake.set()
             for frame in frames:
                 if self.server.metrics is not None:
@@ -179,9 +191,10 @@ class _Connection:
             ):
                 await self._wake.wait()
                 # A client acknowledging every event sends ACKs in bursts: let the burst in
-                # before writing, so one write carries many frames instead of one each.
+                # before writing, so one write carries many frames instead of one each. (With
+                # nothing in flight no ACK can follow: a window-1 client waits for us.)
                 seen = -1
-                for _ in range(COALESCE_TURNS):
+                for _ in range(COALESCE_TURNS if session.in_flight else 0):
                     if seen == self._requests:
                         break
                     seen = self._requests
@@ -214,52 +227,7 @@ class _Connection:
                     frames_sent.inc(len(frames))
 
     async def _send(self, frames: list[str]) -> None:
-        with trio.move_on_after(self.server.send_timeout) as scope:
-            await self._writer.send(frames)
-        if scope.cancelled_caught:
-            raise _CutOff(f"the client did not read for {self.server.send_timeout:g}s (a send was blocked)")
-
-
-class _Gone(Exception):
-    """The connection closed under a batched write."""
-
-
-class _Writer:
-    """Writes websocket text messages, several in one write where trio-websocket allows.
-
-    trio-websocket sends each message with its own write; replaying thousands of events that way
-    costs a system call (and on loopback a context switch) per event. When the connection has
-    the internals this relies on (trio-websocket 0.11/0.12), the frames of a batch are encoded by
-    the same wsproto connection and written under the same lock in one call; otherwise each
-    message goes through ``send_message``.
-    """
-
-    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
-        self.ws = ws
-        parts = (
-            getattr(ws, "_wsproto", None),
-            getattr(ws, "_stream_lock", None),
-            getattr(ws, "_stream", None),
-        )
-        self._fast = parts if all(p is not None for p in parts) else None
-
-    async def send(self, frames: list[str]) -> None:
-        if self._fast is None or len(frames) == 1:
-            for frame in frames:
-                await self.ws.send_message(frame)
-            return
-        if self.ws.closed is not None:
-            raise trio_websocket.ConnectionClosed(self.ws.closed)
-        protocol, lock, stream = self._fast
-        try:
-            data = b"".join(protocol.send(TextMessage(data=frame)) for frame in frames)
-        except LocalProtocolError:
-            raise _Gone() from None  # closing: wsproto sends nothing but the close handshake now
-        async with lock:
-            try:
-                await stream.send_all(data)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                raise _Gone() from None
+        await self.server._send(self.ws, frames)
 
 
 def _error_type(frame: str) -> str:
