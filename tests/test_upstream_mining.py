@@ -532,6 +532,50 @@ async def test_enqueue_to_an_idle_node_writes_in_the_same_step(autojump_clock, w
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("size", [0, 5, 125, 126, 1000, 65535, 65536, 70000])
+def test_masked_text_frame_is_the_frame_wsproto_writes_and_reads(size):
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, Request, TextMessage
+
+    client, server = WSConnection(ConnectionType.CLIENT), WSConnection(ConnectionType.SERVER)
+    server.receive_data(client.send(Request(host="node", target="/v1a/mining_ws")))
+    list(server.events())
+    client.receive_data(server.send(AcceptConnection()))
+    list(client.events())
+    text = ("é" * size)[: size // 2] + "x" * (size - 2 * (size // 2))  # `size` bytes, not all ASCII
+    frame = mining.masked_text_frame(text, b"\x01\x02\x03\x04")
+    theirs = client.send(TextMessage(data=text))  # their own random key
+    header = len(theirs) - size - 4
+    assert frame[:header] == theirs[:header] and len(frame) == len(theirs)
+    assert frame[header : header + 4] == b"\x01\x02\x03\x04"
+    server.receive_data(frame)
+    events = list(server.events())
+    assert "".join(e.data for e in events) == text and events[-1].message_finished
+
+
+async def test_direct_writes_use_the_lean_frame(autojump_clock, monkeypatch, write_path):
+    chain = Chain()
+    node = FakeNode(chain)
+    frames = []
+
+    def counting(text, key):
+        frames.append(text)
+        return real(text, key)
+
+    real = mining.masked_text_frame
+    monkeypatch.setattr(mining, "masked_text_frame", counting)
+    async with trio.open_nursery() as nursery:
+        await start_nodes(nursery, node)
+        up = await start_upstream(nursery, [node.url], optimistic="off")
+        update = await next_update(up)
+        assert mining._plain_frames(up._conn.ws._wsproto)  # trio-websocket negotiates no extension
+        struct, block_hash = mine(update.templates[0])
+        out = await up.outcome(up.enqueue(struct, block_hash=block_hash, parent=GENESIS))
+        assert out.status == "accepted" and [s.hexdata for s in node.submits] == [struct.hex()]
+        assert len(frames) == (1 if write_path == "direct" else 0)
+        nursery.cancel_scope.cancel()
+
+
 async def test_blocks_enqueued_together_are_sent_in_order(autojump_clock):
     chain = Chain()
     node = FakeNode(chain)

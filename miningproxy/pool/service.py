@@ -283,6 +283,9 @@ class PoolService:
     ) -> tuple[ShareResult, int | None]:
         arrived_at = trio.current_time() if arrived_at is None else arrived_at
         result = check_share(job, nonce, self.tip)
+        # A block goes upstream first, in this very step; its share's record and every other
+        # piece of bookkeeping follow (a block is never held up, or dropped, for them).
+        block = self._enqueue_block(miner, job, nonce, result.hash or b"") if result.is_block else None
         event_id = None
         if result.accepted and self.events is not None:
             try:
@@ -311,20 +314,22 @@ class PoolService:
             return result, None
         self.stats.accepted(miner, job.share_weight, arrived_at)
         self._shares_ok.inc()
-        if result.is_block:
-            self._block_found(miner, job, nonce, result.hash or b"", arrived_at)
+        if block is not None:
+            self._block_found(miner, job, block, arrived_at)
         return result, event_id
 
-    def _block_found(
-        self, miner: MinerId, job: Job, nonce: int, block_hash: bytes, arrived_at: float
-    ) -> None:
+    def _enqueue_block(
+        self, miner: MinerId, job: Job, nonce: int, block_hash: bytes
+    ) -> tuple[FoundBlock, bytes, Any]:
+        """Hand a found block to the upstream at once: (the block, its struct, what enqueue()
+        returned, or None for an upstream with submit() only)."""
         found = FoundBlock(block_hash, job.template.height, miner, job.job_id, self._wallclock())
         struct = job.assembled.struct(nonce)
         queued = None
         enqueue = getattr(self.upstream, "enqueue", None)
         if enqueue is not None and self._nursery is not None:
-            # Queued upstream in this very step, before the bookkeeping (MiningUpstream writes it
-            # to an idle node right away); only the wait for its fate runs in the background.
+            # MiningUpstream writes it to an idle node right away; only the wait for its fate
+            # runs in the background (_submit_block).
             parents = job.template.parents
             queued = enqueue(
                 struct,
@@ -332,6 +337,13 @@ class PoolService:
                 parent=parents[0] if parents else None,
                 on_late_fate=lambda late: self._record_fate(found, late),
             )
+        return found, struct, queued
+
+    def _block_found(
+        self, miner: MinerId, job: Job, block: tuple[FoundBlock, bytes, Any], arrived_at: float
+    ) -> None:
+        found, struct, queued = block
+        block_hash = found.hash
         self.blocks.append(found)
         self.stats.block(miner)
         self.metrics.blocks.labels("found").inc()

@@ -39,6 +39,7 @@ from trio_websocket import (
     WebSocketConnection,
     open_websocket_url,
 )
+from wsproto.connection import ConnectionState
 from wsproto.events import TextMessage
 from wsproto.utilities import LocalProtocolError
 
@@ -168,6 +169,35 @@ class _Conn:
         if self.end_reason is None:
             self.end_reason, self.failure = reason, failure
         self.scope.cancel()
+
+
+def masked_text_frame(text: str, key: bytes) -> bytes:
+    """One complete client-to-server websocket text frame (RFC 6455 5.2: FIN, opcode 1, the
+    payload masked with the 4-byte ``key``), as wsproto writes it when no extension is in use.
+    A quarter of the time wsproto's ``send`` takes (its frame, the largest step of a block's way
+    through :meth:`MiningUpstream._send_now`: ~65 of ~155 us, measured in the submit benchmark)."""
+    payload = text.encode()
+    n = len(payload)
+    if n < 126:
+        header = bytes((0x81, 0x80 | n))
+    elif n < 1 << 16:
+        header = b"\x81\xfe" + n.to_bytes(2, "big")
+    else:
+        header = b"\x81\xff" + n.to_bytes(8, "big")
+    mask = (key * (n // 4 + 1))[:n]
+    masked = (int.from_bytes(payload, "little") ^ int.from_bytes(mask, "little")).to_bytes(n, "little")
+    return header + key + masked
+
+
+def _plain_frames(wsconn: object) -> bool:
+    """wsproto would write a message as one plain frame: no extension (trio-websocket negotiates
+    none) and no fragmented message of ours under way (trio-websocket sends whole messages)."""
+    proto = getattr(getattr(wsconn, "connection", None), "_proto", None)
+    return (
+        proto is not None
+        and not getattr(proto, "extensions", True)
+        and getattr(proto, "_outbound_opcode", 1) is None
+    )
 
 
 def _describe(e: BaseException) -> str:
@@ -602,6 +632,7 @@ class MiningUpstream:
             or lock.locked()
             or wsconn is None
             or getattr(ws, "_close_reason", True) is not None
+            or wsconn.state is not ConnectionState.OPEN  # a close is under way
         ):
             return False
         optimistic = self._optimistic_for(conn.node)
@@ -617,11 +648,14 @@ class MiningUpstream:
         if room < len(hexdata) + 256:  # the frame's JSON around the hex, and its header
             return False
         request = conn.session.submit(hexdata, optimistic=optimistic)
-        try:
-            data = wsconn.send(TextMessage(data=request.text))
-        except LocalProtocolError:  # a close is under way
-            conn.session.abandon(request.id)
-            return False
+        if _plain_frames(wsconn):
+            data = masked_text_frame(request.text, os.urandom(4))
+        else:
+            try:
+                data = wsconn.send(TextMessage(data=request.text))
+            except LocalProtocolError:  # a close is under way
+                conn.session.abandon(request.id)
+                return False
         blk.node, blk.optimistic = conn.node.url, optimistic
         conn.in_flight[request.id] = blk  # a lost connection requeues it
         self._counters["blocks_submitted"] += 1
