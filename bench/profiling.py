@@ -135,19 +135,21 @@ def profile_fanout(out: Path, *, size: int = 1000, rounds: int = 8) -> None:
 
 
 def profile_submit(out: Path, *, count: int = 400) -> None:
+    from bench.common import percentile
     from bench.submit_latency import _batch, _setup
 
     node, server, rig = _setup("proxy")
     try:
         with Recorder(server.pid, out, rate=1000):
-            lats = sorted(_batch("proxy", node, rig, count))
+            batch = _batch("proxy", node, rig, count)
     finally:
         for child in (rig, server, node):
             child.close()
-    _header(
-        out,
-        f"block submit, {count} blocks: p50 {lats[len(lats) // 2] * 1000:.2f} ms, p99 {lats[int(len(lats) * 0.99) - 1] * 1000:.2f} ms",
+    measures = "; ".join(
+        f"{name} p50 {percentile(lats, 50) * 1000:.2f} ms, p99 {percentile(lats, 99) * 1000:.2f} ms"
+        for name, lats in (("arrival -> written upstream", batch.kernel), ("into the node's app", batch.app))
     )
+    _header(out, f"block submit, {count} blocks: {measures}")
 
 
 def profile_event_replay(out: Path, *, events: int = 20000) -> None:

@@ -12,9 +12,17 @@ every rig holds a job. Then it obeys JSON commands on stdin, one answer line eac
 ``{"cmd": "arm"}``
     answers ``{"armed": true}`` at once; then, when every rig has received its next clean job
     (a line holding ``"clean":true``), answers ``{"arrivals": [monotonic seconds, ...]}``.
+``{"cmd": "acks"}``
+    opens a UDP socket for read acknowledgements and answers ``{"port": P}``: a fake node told to
+    (``bench/fakenode.py``) sends each nonce it read there.
 ``{"cmd": "submit", "count": K, "gap": G}``
-    rig 0 sends K shares that meet its job's weight, one at a time (the next G seconds after the
-    previous reply); answers ``{"sends": [[nonce_hex, monotonic seconds], ...]}``.
+    rig 0 sends K shares that meet its job's weight, one at a time: the next G seconds after the
+    previous reply (if the server answers) and, after ``acks``, its acknowledgement; answers
+    ``{"sends": [[nonce_hex, monotonic, wall, kernel], ...]}``: the
+    ``time.monotonic()`` and ``time.time()`` taken right before the ``send``, and the kernel's
+    software transmit stamp of the share's last byte (CLOCK_REALTIME, ``SO_TIMESTAMPING``, see
+    :mod:`bench.kstamp`: on loopback, the moment the bytes reach the server's socket, within a few
+    microseconds), or None if the kernel gave none.
 ``{"cmd": "quit"}``
 
 Modes: ``stratum`` (the proxy), ``echo`` (a line-echo server: the echoed subscribe makes a rig
@@ -39,6 +47,7 @@ import socket
 import sys
 import time
 
+from bench import kstamp
 from bench.common import PRIVATENET_ADDRESS, raise_nofile
 from hashing.pow import target_to_bytes, weight_to_target
 
@@ -61,7 +70,7 @@ def cpu_seconds(pid: int | None) -> float:
 class Rig:
     __slots__ = (
         "index", "sock", "fd", "inbuf", "outbuf", "connected", "ready", "mid", "target", "job_id",
-        "nonce", "next_id", "inflight", "arrived", "last_reply",
+        "nonce", "next_id", "inflight", "arrived", "last_reply", "written", "tx_base", "tx_stamps",
     )  # fmt: skip
 
     def __init__(self, index: int, sock: socket.socket) -> None:
@@ -80,6 +89,9 @@ class Rig:
         self.inflight = 0
         self.arrived: float | None = None
         self.last_reply = b""
+        self.written = 0  # bytes the kernel took from send()
+        self.tx_base: int | None = None  # self.written when transmit stamps were turned on
+        self.tx_stamps: dict[int, float] | None = None  # offset of a send's last byte -> its stamp
 
     def set_job(self, header: bytes, weight: float, job_id: str) -> None:
         self.mid = _sha256(header)
@@ -127,6 +139,8 @@ class Simulator:
         self.stdin = b""
         self.commands: list[dict] = []
         self.epoll.register(0, select.EPOLLIN)
+        self.acks: socket.socket | None = None  # see open_acks()
+        self.acked: set[bytes] = set()
 
     # --- plumbing --------------------------------------------------------------------------------
 
@@ -159,6 +173,7 @@ class Simulator:
             sent = rig.sock.send(data)
         except BlockingIOError:
             sent = 0
+        rig.written += sent
         if sent < len(data):
             rig.outbuf = data[sent:]
             self.epoll.modify(rig.fd, select.EPOLLIN | select.EPOLLOUT)
@@ -275,6 +290,8 @@ class Simulator:
                 continue
             rig = self.rigs.get(fd)
             if rig is None:
+                if self.acks is not None and fd == self.acks.fileno():
+                    self.read_acks()
                 continue
             if not rig.connected:
                 if mask & (select.EPOLLOUT | select.EPOLLERR | select.EPOLLHUP):
@@ -285,6 +302,8 @@ class Simulator:
                 self.send(rig, data)
                 if not rig.outbuf:
                     self.epoll.modify(rig.fd, select.EPOLLIN)
+            if mask & select.EPOLLERR and rig.tx_stamps is not None:
+                self.take_tx_stamps(rig)  # the error queue holds transmit stamps: drain it
             if mask & (select.EPOLLIN | select.EPOLLHUP | select.EPOLLERR):
                 self.on_readable(rig)
 
@@ -364,21 +383,59 @@ class Simulator:
         arrivals = [r.arrived for r in self.rigs.values() if r.arrived is not None]
         self.say(arrivals=arrivals, missing=len(self.rigs) - len(arrivals))
 
+    def open_acks(self) -> int:
+        if self.acks is None:
+            self.acks = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            self.acks.bind(("127.0.0.1", 0))
+            self.acks.setblocking(False)
+            self.epoll.register(self.acks.fileno(), select.EPOLLIN)
+        return self.acks.getsockname()[1]
+
+    def read_acks(self) -> None:
+        assert self.acks is not None
+        while True:
+            try:
+                self.acked.add(self.acks.recv(256))
+            except (BlockingIOError, InterruptedError):
+                return
+
+    def take_tx_stamps(self, rig: Rig) -> None:
+        assert rig.tx_stamps is not None
+        for key, stamp in kstamp.read_tx_stamps(rig.sock):
+            rig.tx_stamps[key] = stamp
+
     def submit(self, count: int, gap: float) -> None:
         rig = next(iter(self.rigs.values()))
-        sends = []
+        if rig.tx_stamps is None:
+            kstamp.enable_tx_stamps(rig.sock)
+            rig.tx_base, rig.tx_stamps = rig.written, {}
+        assert rig.tx_base is not None
+        sends, keys = [], []
         for _ in range(count):
             nonce, line = rig.share()
             rig.inflight += self.mode != "relay"  # a relay never answers: do not wait for it
+            keys.append(rig.written + len(line) - 1 - rig.tx_base)  # the share's last byte
             sent_at = time.monotonic()
+            wall = time.time()
             self.send(rig, line)
-            sends.append([f"{nonce:032x}", sent_at])
+            self.take_tx_stamps(rig)  # on loopback the stamp is queued before send() returns
+            sends.append([f"{nonce:032x}", sent_at, wall])
+            # The next share only once this one is answered and, with acks, read by the node: a
+            # node that fell behind would otherwise stamp this submit with the next one's time.
+            ack = f"{nonce:032x}".encode() if self.acks is not None else None
             deadline = sent_at + 10.0
-            while rig.inflight and time.monotonic() < deadline:
+            while (
+                rig.inflight or (ack is not None and ack not in self.acked)
+            ) and time.monotonic() < deadline:
                 self.poll(0.01)
+            self.acked.discard(ack)  # type: ignore[arg-type]
             until = time.monotonic() + gap
             while (now := time.monotonic()) < until:
                 self.poll(until - now)
+        self.take_tx_stamps(rig)
+        for entry, key in zip(sends, keys, strict=True):
+            entry.append(rig.tx_stamps.pop(key, None))
+        rig.tx_stamps.clear()
         self.say(sends=sends, last_reply=rig.last_reply[:200].decode(errors="replace"))
 
     def serve(self) -> None:
@@ -395,6 +452,8 @@ class Simulator:
                 self.arm(float(command.get("timeout", 60.0)))
             elif cmd == "submit":
                 self.submit(int(command["count"]), float(command.get("gap", 0.002)))
+            elif cmd == "acks":
+                self.say(port=self.open_acks())
             elif cmd == "ping":
                 self.say(pong=True, rigs=len(self.rigs), failed=len(self.failed))
             else:

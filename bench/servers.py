@@ -119,6 +119,7 @@ class FakeUpstream:
 
 async def serve_stratum(args: argparse.Namespace) -> None:
     from bench.common import PRIVATENET_ADDRESS
+    from miningproxy import gcpolicy
     from miningproxy.events.feed import EventFeed
     from miningproxy.events.log import EventLog
     from miningproxy.events.pool_events import POOL_SEQ, PoolEvents, open_pool_stream
@@ -130,6 +131,8 @@ async def serve_stratum(args: argparse.Namespace) -> None:
     from miningproxy.upstream.mining import MiningUpstream
 
     metrics = Metrics()
+    gcpolicy.apply()  # as `miningproxy run` does
+    gcpolicy.PauseTimer(metrics.observe_gc_pause).install()
     if args.node:
         upstream: Any = MiningUpstream([args.node], optimistic="off", backoff_initial=0.1, backoff_max=1.0)
     else:
@@ -181,6 +184,7 @@ async def serve_stratum(args: argparse.Namespace) -> None:
                     "blocks": pool.stats.pool.blocks,
                 }
 
+            gcpolicy.freeze_startup()
             say(port=server.ports[0], pid=os.getpid())
             await _commands({"stats": stats, "gc": _gc})
             nursery.cancel_scope.cancel()

@@ -55,8 +55,15 @@ def test_event_replay_runs_each_window() -> None:
 def test_submit_latency_matches_every_block() -> None:
     result = submit_latency.run(count=6, chunks=1)
     assert result["samples"] == 6
+    assert result["measure"] == "kernel"
+    for measure in (result, result["end_to_end"]):  # kernel stamps, then the applications' clocks
+        for kind in ("baseline", "proxy"):
+            assert 0 < measure[kind]["p50"] <= measure[kind]["p99"] < 10
+            assert len(measure[kind]["sorted"]) == 6
     for kind in ("baseline", "proxy"):
-        assert 0 < result[kind]["p50"] <= result[kind]["p99"] < 10
+        assert 0 <= result[kind]["shared_stamps"] <= 6
+        assert 0 < result[kind]["rig_send_cost_p50"] < 0.01
+    assert len(report.rows("submit_latency", json.loads(json.dumps(result)))) == 2
 
 
 def test_render_writes_every_section(tmp_path) -> None:
