@@ -33,6 +33,7 @@ from miningproxy.pool.stats import MinerId
 from miningproxy.stratum.ban import BanList
 from miningproxy.stratum.framing import LineFramer
 from miningproxy.stratum.metrics import StratumMetrics
+from miningproxy.stratum.readhub import ReadHub
 from miningproxy.stratum.session import LimitHit, Penalty, Session, ShareRejected, WeightUsed
 from miningproxy.stratum.settings import StratumSettings
 
@@ -97,6 +98,7 @@ class StratumServer:
         self._awaiting_record: dict[_Connection, None] = {}
         self._awaiting_wake = trio.Event()
         self._record_listener: Any = None  # the PoolEvents whose commits we listen to
+        self._hub = ReadHub()  # reads every plain-TCP rig socket from one task
 
     # --- running -------------------------------------------------------------------------------
 
@@ -115,6 +117,7 @@ class StratumServer:
             listeners += [trio.SSLListener(listener, context, https_compatible=False) for listener in raw]
         async with trio.open_nursery() as nursery:
             self._nursery = nursery
+            await nursery.start(self._hub.run)
             nursery.start_soon(self._fan_out)
             nursery.start_soon(self._watch_awaiting_record)
             await nursery.start(self._accept, listeners)
@@ -449,6 +452,8 @@ class _Connection:
         # Output with an "ok" waiting for the pool record: (bytes, jobs taken, the record id that
         # must be durable first, deadline). The server writes it on the commit (release_held).
         self._held: tuple[bytes, int, int, float] | None = None
+        self._framer = LineFramer(server.settings.max_line)
+        self._reading: trio.Event | None = None  # set when reading through the hub is over
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -554,12 +559,15 @@ class _Connection:
             self._scope.cancel()
 
     async def _reader(self) -> None:
-        framer = LineFramer(self.server.settings.max_line)
+        hub = self.server._hub
+        if self._direct and hub.running:
+            await self._read_through(hub)
+            return
+        framer = self._framer
         session = self.session
-        receive = self._receive_direct if self._direct else self.stream.receive_some
         try:
             while session.close_reason is None:
-                data = await receive(RECEIVE_SIZE)
+                data = await self.stream.receive_some(RECEIVE_SIZE)
                 if not data:
                     session.close("peer closed the connection")
                     break
@@ -573,20 +581,59 @@ class _Connection:
             session.close(f"receive failed: {exc!r}")
         self.server._after(self)
 
-    async def _receive_direct(self, size: int) -> bytes:
-        """``receive_some`` for plain TCP, leaner: wait until readable, then one read. A rig's
-        socket is usually drained by the previous read, so trying to read first (as trio's
-        receive_some does) costs a system call that fails on almost every share."""
-        sock = self.stream.socket  # type: ignore[attr-defined]
-        while True:
-            await trio.lowlevel.wait_readable(sock)
-            fd = sock.fileno()  # looked up after the wait: -1 once closed, never a reused number
+    async def _read_through(self, hub: ReadHub) -> None:
+        """Plain TCP: the server's read hub calls :meth:`_readable` whenever the socket has data;
+        this task only waits until reading is over (EOF, error, closed session, or killed)."""
+        fd = self.stream.socket.fileno()  # type: ignore[attr-defined]
+        if fd < 0:
+            return
+        self._reading = trio.Event()
+        hub.add(fd, self._readable, self._read_failed)
+        try:
+            await self._reading.wait()
+        finally:
+            hub.remove(fd)  # before the socket is closed: its number may be reused
+
+    def _readable(self) -> None:
+        """One read and the lines in it, in the hub's task (see :class:`ReadHub`)."""
+        session = self.session
+        if self._reading is None or self._reading.is_set():
+            return
+        fd = self.stream.socket.fileno()  # type: ignore[attr-defined]  # -1 once closed
+        try:
             if fd < 0:
                 raise trio.ClosedResourceError("socket closed")
-            try:
-                return os.read(fd, size)
-            except BlockingIOError:
-                continue
+            data = os.read(fd, RECEIVE_SIZE)
+        except BlockingIOError:
+            return
+        except (trio.ClosedResourceError, OSError) as exc:
+            session.close(f"receive failed: {exc!r}")
+            self._end_reading()
+            return
+        if not data:
+            session.close("peer closed the connection")
+            self._end_reading()
+            return
+        now = trio.current_time()
+        for event in self._framer.feed(data):
+            session.receive(event, now)
+            if session.close_reason is not None:
+                break
+        self.server._after(self)
+        if session.close_reason is not None:
+            self._end_reading()
+
+    def _read_failed(self, exc: BaseException) -> None:
+        """Handling a read raised (a bug): this rig's connection ends, nobody else's."""
+        if not isinstance(exc, trio.ClosedResourceError):
+            self.session.close("internal error")
+            self.kill()
+        self._end_reading()
+
+    def _end_reading(self) -> None:
+        if self._reading is not None and not self._reading.is_set():
+            self._reading.set()
+            self.server._after(self)
 
     async def _writer(self) -> None:
         session = self.session
