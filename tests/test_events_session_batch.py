@@ -93,7 +93,7 @@ def _send_some(session: StreamSession, count: int) -> list[str]:
     return frames
 
 
-@settings(max_examples=500)
+@settings(max_examples=200)
 @given(
     st.booleans(),
     st.one_of(st.none(), st.integers(0, 5)),

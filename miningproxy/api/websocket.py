@@ -30,6 +30,7 @@ One task receives at a time; any number of tasks may send (writes are serialized
 
 from __future__ import annotations
 
+import math
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -54,6 +55,7 @@ DEFAULT_MAX_MESSAGE_SIZE = 1 << 20  # as trio-websocket's default, so every rout
 RECEIVE_SIZE = 65536
 FAST_FRAME_MAX = 65536  # a frame up to this size (header included) is collected whole and decoded here
 DRAIN_MAX_BYTES = 4 << 20  # after our close frame: how much more is read (and dropped) at most
+FAIL_LINGER = 0.5  # seconds a protocol violator's bytes are still drained after our close frame
 CONTROL_TIMEOUT = 30.0
 
 CLOSE_NORMAL = 1000
@@ -413,7 +415,10 @@ class WebSocket:
             ):
                 await self._write(connection.send(close))
                 if connection.state is ConnectionState.LOCAL_CLOSING:
-                    await self._wait_for_peer_close()
+                    # A peer that broke the protocol is failed (RFC 6455 7.1.7): its close frame is
+                    # not awaited, what it sent meanwhile is only drained for a moment.
+                    with trio.move_on_after(FAIL_LINGER if reader.failure is not None else math.inf):
+                        await self._wait_for_peer_close()
         except ConnectionClosed:
             pass
         finally:
