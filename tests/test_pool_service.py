@@ -221,3 +221,19 @@ async def test_block_is_in_the_upstream_queue_when_submit_share_returns(autojump
     # The upstream client never ran; a late fate still reaches the pool's record.
     upstream._resolve(queued, "accepted", "the tip is this block", "node-a")
     assert pool.blocks[0].status == "accepted"
+
+
+async def test_every_job_handed_out_is_counted_in_metrics(autojump_clock):
+    upstream = FakeUpstream()
+    pool = make_pool(upstream)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        upstream.push(TEMPLATES[0])
+        await trio.sleep(0.1)
+        for _ in range(3):
+            pool.new_job(share_weight=1.0)
+        text = pool.metrics.render().decode()
+        assert "# TYPE miningproxy_jobs_sent_total counter" in text
+        assert "miningproxy_jobs_sent_total 3.0" in text
+        assert pool.metrics.registry.get_sample_value("miningproxy_jobs_sent_total") == 3
+        nursery.cancel_scope.cancel()

@@ -259,3 +259,23 @@ def test_fuzz_json_frames_only_yield_events(batch):
         assert isinstance(ev, EVENT_TYPES)
         if isinstance(ev, Notify | Result) and getattr(ev, "templates", None):
             assert all(t.height >= 0 for t in ev.templates)
+
+
+@given(
+    st.one_of(st.text("0123456789abcdef", max_size=600), st.text(max_size=40)),
+    st.booleans(),
+    st.integers(0, 2**40),
+)
+def test_submit_frame_is_the_generic_encoding(hexdata, optimistic, first_id):
+    session = MiningSession()
+    session._next_id = first_id
+    req = session.submit(hexdata, optimistic=optimistic)
+    expected = {
+        "jsonrpc": "2.0",
+        "id": first_id,
+        "method": "mining.submit",
+        "params": {"hexdata": hexdata, "optimistic": optimistic},
+    }
+    assert req.text == json.dumps(expected, separators=(",", ":"))
+    assert (req.id, req.method, req.params) == (first_id, "mining.submit", expected["params"])
+    assert session.submit("ab", optimistic=False).id == first_id + 1
