@@ -120,8 +120,11 @@ class Rig:
 
 
 class Simulator:
-    def __init__(self, host: str, port: int, count: int, mode: str, window: int) -> None:
+    def __init__(
+        self, host: str, port: int, count: int, mode: str, window: int, address: str = PRIVATENET_ADDRESS
+    ) -> None:
         self.host, self.port, self.count, self.mode, self.window = host, port, count, mode, window
+        self.address = address
         self.epoll = select.epoll()
         self.rigs: dict[int, Rig] = {}
         self.started = 0
@@ -185,11 +188,14 @@ class Simulator:
             return
         rig.connected = True
         self.epoll.modify(rig.fd, select.EPOLLIN)
-        worker = f"{PRIVATENET_ADDRESS}.rig{rig.index}".encode()
+        # Subscribe with the address as the node's own Stratum expects it, then authorize with
+        # ADDRESS.worker as cgminer-style pools expect it (a server without authorize answers
+        # -32601 to it, which is not fatal).
+        address = self.address.encode()
         self.send(
             rig,
-            b'{"id":1,"method":"subscribe","params":["rigsim/1.0",null]}\n'
-            b'{"id":2,"method":"authorize","params":["%s","x"]}\n' % worker,
+            b'{"id":1,"method":"subscribe","params":{"address":"%s"}}\n'
+            b'{"id":2,"method":"authorize","params":["%s.rig%d","x"]}\n' % (address, address, rig.index),
         )
         if self.mode == "relay":  # a relay answers nothing: mine the fixed job at once
             rig.set_job(FAKE_HEADER, FAKE_WEIGHT, "00" * 16)
@@ -212,12 +218,14 @@ class Simulator:
 
     def on_line(self, rig: Rig, line: bytes, now: float) -> None:
         mode = self.mode
-        if b'"method":"job"' in line:
-            params = json.loads(line)["params"]
-            rig.set_job(bytes.fromhex(params["data"]), params["weight"], params["job_id"])
-            if not rig.ready:
-                self.became_ready(rig)
-            return
+        if b'"job"' in line and b'"method"' in line:  # "method":"job" (or "method": "job", the node's)
+            message = json.loads(line)
+            if message.get("method") == "job":
+                params = message["params"]
+                rig.set_job(bytes.fromhex(params["data"]), params["weight"], params["job_id"])
+                if not rig.ready:
+                    self.became_ready(rig)
+                return
         if mode == "echo":
             if not rig.ready:
                 rig.set_job(FAKE_HEADER, FAKE_WEIGHT, "00" * 16)
@@ -225,13 +233,24 @@ class Simulator:
             elif b'"method":"submit"' in line:
                 self.on_reply(rig, True, line)
             return
-        if line.startswith(b'{"result"'):
-            self.on_reply(rig, line.startswith(b'{"result":"ok"'), line)
+        if line.startswith(b'{"result":"ok"'):  # the proxy's replies, without a JSON parse
+            self.on_reply(rig, True, line)
         elif line.startswith(b'{"error"'):
             self.on_reply(rig, False, line)
-        elif b'"client.get_version"' in line:
-            msgid = json.loads(line)["id"]
-            self.send(rig, b'{"id":%s,"result":"rigsim/1.0","error":null}\n' % json.dumps(msgid).encode())
+        elif line.strip():
+            # Any other server's spelling (spaces, key order, result true): parse it.
+            try:
+                message = json.loads(line)
+            except ValueError:
+                return
+            if not isinstance(message, dict):
+                return
+            if message.get("method") == "client.get_version":
+                reply = {"id": message.get("id"), "result": "rigsim/1.0", "error": None}
+                self.send(rig, json.dumps(reply).encode() + b"\n")
+            elif "result" in message or "error" in message:
+                ok = message.get("error") is None and message.get("result") in ("ok", True)
+                self.on_reply(rig, ok, line)
 
     def on_reply(self, rig: Rig, ok: bool, line: bytes) -> None:
         rig.last_reply = line
@@ -259,7 +278,7 @@ class Simulator:
             return
         if self.armed:
             # Stamp now, parse later: parsing here would delay the stamps of the sockets after it.
-            if rig.arrived is None and b'"clean":true' in data:
+            if rig.arrived is None and (b'"clean":true' in data or b'"clean": true' in data):
                 rig.arrived = now
                 self.arrived += 1
             self.deferred.append((rig, data))
@@ -468,9 +487,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mode", choices=("stratum", "echo", "bare", "relay"), default="stratum")
     parser.add_argument("--window", type=int, default=1, help="shares in flight per rig")
     parser.add_argument("--connect-timeout", type=float, default=120.0)
+    parser.add_argument(
+        "--address", default=PRIVATENET_ADDRESS, help="payout address (rigs are ADDRESS.rigN)"
+    )
     args = parser.parse_args(argv)
     raise_nofile(args.count + 64)
-    sim = Simulator(args.host, args.port, args.count, args.mode, args.window)
+    sim = Simulator(args.host, args.port, args.count, args.mode, args.window, args.address)
     sim.connect_all(args.connect_timeout)
     sim.serve()
     return 0

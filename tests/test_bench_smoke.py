@@ -7,9 +7,10 @@ processes, the rig simulator, the fake node, the document writer).
 from __future__ import annotations
 
 import json
+import socket
 
-from bench import connections, event_replay, fanout, report, share_path, submit_latency
-from bench.common import percentile
+from bench import against, connections, event_replay, fanout, report, rigsim, share_path, submit_latency
+from bench.common import Child, percentile
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -102,3 +103,53 @@ def test_render_writes_every_section(tmp_path) -> None:
     assert "## 5. Block submit latency" in text
     assert "python -m bench --only submit_latency" in text
     assert "**missed**" in text  # p99 3 ms > 2 ms
+
+
+def test_against_drives_a_running_stratum_server_and_reports_its_cpu(capsys) -> None:
+    server = Child("bench.servers", "stratum", "--share-weight", "0.1", name="proxy server")
+    try:
+        ready = server.receive()
+        assert (
+            against.main(
+                ["--port", str(ready["port"]), "--rigs", "3", "--seconds", "0.3", "--pid", str(ready["pid"])]
+            )
+            == 0
+        )
+    finally:
+        server.close()
+    out = json.loads(capsys.readouterr().out)
+    assert out["rigs"] == 3 and out["errors"] == 0 and out["answered"] > 0
+    assert out["shares_per_s"] > 0 and out["server_cpu_s"] > 0
+
+
+def test_the_rig_simulator_reads_the_nodes_spelling_of_jobs_and_replies(monkeypatch) -> None:
+    # protocol/transcripts/stratum.jsonl: the node writes JSON with spaces, replies "ok" or true.
+    class NoEpoll:  # no sockets are polled here (and pytest's stdin cannot be)
+        def register(self, *args) -> None:
+            pass
+
+    monkeypatch.setattr(rigsim.select, "epoll", NoEpoll)
+    sim = rigsim.Simulator("127.0.0.1", 1, 1, "stratum", 2)
+    rig = rigsim.Rig(0, socket.socket())
+    try:
+        sim.pending = 1
+        job = {
+            "method": "job",
+            "params": {
+                "data": "ab" * 64,
+                "job_id": "cd" * 16,
+                "nonce_size": 16,
+                "weight": 1.0,
+                "clean": True,
+            },
+            "id": None,
+        }
+        sim.on_line(rig, json.dumps(job).encode(), 0.0)
+        assert rig.ready and rig.job_id == b"cd" * 16
+        sim.counting, rig.inflight = True, 3
+        sim.on_line(rig, b'{"result": "ok", "error": null, "id": 4}', 0.0)
+        sim.on_line(rig, b'{"id": 5, "result": true, "error": null}', 0.0)
+        sim.on_line(rig, b'{"error": {"code": 30, "message": "Invalid solution"}, "data": {}}', 0.0)
+        assert (sim.ok, sim.errors, rig.inflight) == (2, 1, 0)
+    finally:
+        rig.sock.close()
