@@ -305,14 +305,20 @@ class _Connection:
         ws = lean.WebSocket(self.stream, connection, received=trailing)
         code = lean.CLOSE_NORMAL
         try:
+            code = await self._run_websocket_handler(handler, ws, request)
+        finally:
+            with trio.move_on_after(WS_CLOSE_TIMEOUT):
+                await ws.aclose(code)
+
+    async def _run_websocket_handler(self, handler: Any, ws: Any, request: HttpRequest) -> int:
+        """Run a websocket route's handler; the close code to end with (1011 when it failed)."""
+        try:
             await handler(ws, request)
         except Exception as exc:
             if not _is_connection_closed(exc):
                 log.exception("websocket handler for %s failed (peer %s)", request.path, self.peer)
-                code = WS_INTERNAL_ERROR
-        finally:
-            with trio.move_on_after(WS_CLOSE_TIMEOUT):
-                await ws.aclose(code)
+                return WS_INTERNAL_ERROR
+        return 1000
 
     async def _serve_websocket(
         self, event: h11.Request, request: HttpRequest, handler: WebSocketHandler
@@ -334,13 +340,7 @@ class _Connection:
             if ws is None:
                 nursery.cancel_scope.cancel()
                 return
-            code = 1000
-            try:
-                await handler(ws, request)
-            except Exception as exc:
-                if not _is_connection_closed(exc):
-                    log.exception("websocket handler for %s failed (peer %s)", request.path, self.peer)
-                    code = WS_INTERNAL_ERROR
+            code = await self._run_websocket_handler(handler, ws, request)
             with trio.move_on_after(WS_CLOSE_TIMEOUT):
                 await ws.aclose(code)
             nursery.cancel_scope.cancel()

@@ -328,17 +328,11 @@ class WebSocket:
             if reader.failure is not None:
                 self._closed = CloseReason(int(reader.failure.code), reader.failure.reason)
                 continue
-            if self._pending:
-                data, self._pending = self._pending, b""
-            else:
-                try:
-                    data = await self.stream.receive_some(self._receive_size)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                if not data:
-                    self._broken = True  # nobody left to read a close frame
-                    self._closed = CloseReason(CLOSE_ABNORMAL, "the connection was lost")
-                    continue
+            data = await self._read_more()
+            if not data:
+                self._broken = True  # nobody left to read a close frame
+                self._closed = CloseReason(CLOSE_ABNORMAL, "the connection was lost")
+                continue
             reader.receive_data(data)
             if reader.replies:
                 replies, reader.replies = reader.replies, []
@@ -431,19 +425,23 @@ class WebSocket:
         reader.draining = True
         drained = 0
         while reader.peer_close is None and drained < DRAIN_MAX_BYTES:
-            if self._pending:
-                data, self._pending = self._pending, b""
-            else:
-                try:
-                    data = await self.stream.receive_some(self._receive_size)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    return
-                if not data:
-                    return
+            data = await self._read_more()
+            if not data:
+                return
             drained += len(data)
             reader.receive_data(data)  # a no-op once the stream cannot be parsed any more
             reader.messages.clear()
             reader.replies.clear()
+
+    async def _read_more(self) -> bytes:
+        """Bytes read past the handshake first, then the socket's; b"" once the peer is gone."""
+        if self._pending:
+            data, self._pending = self._pending, b""
+            return data
+        try:
+            return await self.stream.receive_some(self._receive_size)
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            return b""
 
     async def abort(self) -> None:
         """Drop the transport now, without a close frame (a client that stopped reading)."""
