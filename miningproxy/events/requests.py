@@ -78,19 +78,32 @@ class IntParseError(ValueError):
         self.type = type_
 
 
-# The ACK a client sends for every event, as json.dumps writes it (compact or default spacing):
-# matched directly, since it is most of the traffic. Anything else takes the full path below.
+# The ACK a client sends for every event, as json.dumps writes it (compact or default spacing,
+# either key order): matched directly, since it is most of the traffic. Anything else takes the
+# full path below. 18 digits stay below 2**63, so every match is an ACK the full path accepts.
+_N = r"(0|[1-9][0-9]{0,17})"
 _PLAIN_ACK = re.compile(
-    r'\{"type": ?"ACK", ?"ack_event_id": ?(0|[1-9][0-9]{0,17}), ?"window_size": ?(0|[1-9][0-9]{0,17})\}'
+    rf'\{{"type": ?"ACK", ?(?:"ack_event_id": ?{_N}, ?"window_size": ?{_N}|"window_size": ?{_N}, ?"ack_event_id": ?{_N})\}}'
 )
+
+
+def plain_ack(payload: str | bytes) -> tuple[int, int] | None:
+    """(ack_event_id, window_size) of an ACK in the plain shape, else None (parse_request decides)."""
+    if type(payload) is not str:
+        return None
+    plain = _PLAIN_ACK.fullmatch(payload)
+    if plain is None:
+        return None
+    if plain[1] is not None:
+        return int(plain[1]), int(plain[2])
+    return int(plain[4]), int(plain[3])
 
 
 def parse_request(payload: str | bytes) -> Request | InvalidRequest:
     """Parse one websocket message (text or binary) into a request, or say why the node refuses it."""
-    if isinstance(payload, str):
-        plain = _PLAIN_ACK.fullmatch(payload)
-        if plain is not None:
-            return Ack(int(plain[1]), int(plain[2]))
+    plain = plain_ack(payload)
+    if plain is not None:
+        return Ack(*plain)
     raw = payload.encode("utf-8", "surrogatepass") if isinstance(payload, str) else bytes(payload)
     try:
         text = payload if isinstance(payload, str) else raw.decode("utf-8")

@@ -31,12 +31,11 @@ event reaches the client byte for byte as the node sent it, and replay costs a s
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
 from miningproxy.events.log import StreamIdentity
-from miningproxy.events.requests import Ack, InvalidRequest, StartStream, StopStream, parse_request
+from miningproxy.events.requests import Ack, InvalidRequest, StartStream, StopStream, parse_request, plain_ack
 
 EVENT_WS_NOT_RUNNING = "EVENT_WS_NOT_RUNNING"
 STREAM_IS_ACTIVE = "STREAM_IS_ACTIVE"
@@ -53,15 +52,6 @@ ERROR_TYPES = (
     ACK_TOO_LARGE,
 )
 
-
-# The ACK a client sends for every event, in the shapes clients write (json.dumps compact or with
-# default spacing, either key order): most of the traffic, so receive_batch applies it without
-# building a request. Anything else takes parse_request's full validation. 18 digits stay below
-# 2**63, so every match is an ACK parse_request accepts with the same numbers.
-_N = r"(0|[1-9][0-9]{0,17})"
-_COMMON_ACK = re.compile(
-    rf'\{{"type": ?"ACK", ?(?:"ack_event_id": ?{_N}, ?"window_size": ?{_N}|"window_size": ?{_N}, ?"ack_event_id": ?{_N})\}}'
-)
 
 # json.dumps() with non-default options builds a new encoder per call: build it once (same output).
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
@@ -155,19 +145,15 @@ class StreamSession:
         common ACK of an active stream applied directly.
         """
         frames: list[str] = []
-        match = _COMMON_ACK.fullmatch
         for payload in payloads:
-            if self.active and not self.node_quirks and type(payload) is str:
-                common = match(payload)
-                if common is not None:
-                    ack_text, window_text = (
-                        (common[1], common[2]) if common[1] is not None else (common[4], common[3])
-                    )
-                    ack = int(ack_text)
+            if self.active and not self.node_quirks:
+                plain = plain_ack(payload)
+                if plain is not None:
+                    ack, window = plain
                     if self.acked <= ack < self.next_id:  # else: an error frame, from receive()
                         self.acked = ack
                         self._ever_acked = ack
-                        self.window = int(window_text)
+                        self.window = window
                         continue
             frames += self.receive(payload, first_id=first_id)
         return frames

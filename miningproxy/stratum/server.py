@@ -454,6 +454,7 @@ class _Connection:
         self._held: tuple[bytes, int, int, float] | None = None
         self._framer = LineFramer(server.settings.max_line)
         self._reading: trio.Event | None = None  # set when reading through the hub is over
+        self._hub_fd = -1  # the descriptor the hub watches for us
 
     async def run(self) -> None:
         async with trio.open_nursery() as nursery:
@@ -588,6 +589,7 @@ class _Connection:
         if fd < 0:
             return
         self._reading = trio.Event()
+        self._hub_fd = fd
         hub.add(fd, self._readable, self._read_failed)
         try:
             await self._reading.wait()
@@ -633,6 +635,9 @@ class _Connection:
     def _end_reading(self) -> None:
         if self._reading is not None and not self._reading.is_set():
             self._reading.set()
+            # At once: a socket at EOF stays readable, and the hub would call back until the
+            # reader task gets to its own remove().
+            self.server._hub.remove(self._hub_fd)
             self.server._after(self)
 
     async def _writer(self) -> None:
