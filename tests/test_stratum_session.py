@@ -6,6 +6,8 @@ import json
 import re
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from hashing.pow import target_to_bytes, weight_to_target
 from miningproxy.stratum.framing import LineTooLong, NotUtf8
@@ -544,3 +546,41 @@ def test_until_the_network_is_known_rigs_are_told_the_node_is_syncing():
     assert rig.session.close_reason is None
     rig.session.network = PRIVATENET
     assert rig.subscribe(PRIVATENET_ADDRESS)[0]["result"] == "ok"
+
+
+# --- the fan-out's timer shortcut ---------------------------------------------------------------
+
+_ACTIONS = st.lists(
+    st.tuples(
+        st.sampled_from(["share", "tick", "work", "clean_work", "authorize"]),
+        st.floats(min_value=0.0, max_value=90.0, allow_nan=False),
+    ),
+    min_size=1,
+    max_size=25,
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(actions=_ACTIONS, get_version=st.booleans(), job_interval=st.sampled_from([2.0, 30.0, 600.0]))
+def test_new_work_never_brings_the_next_deadline_forward(actions, get_version, job_interval):
+    # The server's fan-out skips the timer's wake-up after new_work; a rig whose vardiff, idle
+    # check or job refresh came due earlier because of a new job would then wait for nothing.
+    rig, job = subscribed_rig(get_version=get_version, job_interval=job_interval)
+    session = rig.session
+    now = 0.0
+    for action, gap in actions:
+        now += gap
+        rig.now = rig.pool.now = now
+        if action == "share":
+            rig.submit(job["job_id"], solve(bytes.fromhex(job["data"]), job["weight"]))
+        elif action == "tick":
+            found = jobs(rig.tick(now))
+            job = found[-1] if found else job
+        elif action == "authorize":
+            rig.call("mining.authorize", [PRIVATENET_ADDRESS + ".w", "x"])
+        else:
+            before = session.next_deadline()
+            assert session.new_work(action == "clean_work", now)
+            after = session.next_deadline()
+            assert before is None or (after is not None and after >= before), (before, after)
+            job = jobs(rig.read())[-1]
