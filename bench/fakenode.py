@@ -4,8 +4,8 @@
 
 ``{"cmd": "notify"}``
     a new tip: the dev node's chain grows by one block and every client gets ``mining.notify``
-    with the new template (its weight set to ``--block-weight``); answers ``{"t0": ...}``, the
-    monotonic time taken right before the message is written.
+    with the new template (its weight set to ``--block-weight``); answers ``{"t0": ...,
+    "t0_wall": ...}``, the monotonic and wall-clock times taken right before the message is written.
 ``{"cmd": "submits"}``
     answers ``{"submits": [[nonce_hex, monotonic arrival, kernel arrival, shared], ...]}`` (and
     forgets them): every ``mining.submit`` (answered ``true``, never validated: the proxy checked
@@ -166,9 +166,10 @@ class FakeNode:
         self.chain_node.mine_block()
         text = self.notify_text()
         t0 = time.monotonic()
+        t0_wall = time.time()  # for the rigs' kernel receive stamps (CLOCK_REALTIME)
         for ws in list(self.clients):
             await ws.send_message(text)
-        return {"t0": t0, "clients": len(self.clients)}
+        return {"t0": t0, "t0_wall": t0_wall, "clients": len(self.clients)}
 
     def _ack(self, nonce: str) -> None:
         if self.ack_port is not None:

@@ -207,7 +207,11 @@ def _section_share_path(r: dict[str, Any]) -> list[str]:
 
 
 def _section_fanout(r: dict[str, Any]) -> list[str]:
-    lines = [f"{r['rounds']} rounds per size, baseline and proxy interleaved; medians over rounds.", ""]
+    lines = [
+        f"{r['rounds']} rounds per size, baseline and proxy interleaved; medians over rounds. Latency: "
+        "from the node's `mining.notify` to the kernel's receive stamp of the job on the rig's socket.",
+        "",
+    ]
     body = []
     for size, s in r["sizes"].items():
         for kind in ("baseline", "proxy"):
@@ -220,9 +224,13 @@ def _section_fanout(r: dict[str, Any]) -> list[str]:
                     _ms(v["p99"]),
                     _ms(v["max"]),
                     ", ".join(f"{x:g}" for x in v["p99_runs"]),
+                    _ms(v["p99_read"]) if "p99_read" in v else "-",
                 )
             )
-    lines += _table(("rigs", "server", "p50", "p99", "last rig", "p99 per round (ms)"), body)
+    lines += _table(
+        ("rigs", "server", "p50", "p99", "last rig", "p99 per round (ms)", "p99 as the simulator read it"),
+        body,
+    )
     return lines
 
 

@@ -11,7 +11,11 @@ every rig holds a job. Then it obeys JSON commands on stdin, one answer line eac
     once); answers the replies counted in the S seconds after a warm-up of W seconds.
 ``{"cmd": "arm"}``
     answers ``{"armed": true}`` at once; then, when every rig has received its next clean job
-    (a line holding ``"clean":true``), answers ``{"arrivals": [monotonic seconds, ...]}``.
+    (a line holding ``"clean":true``), answers ``{"arrivals": [monotonic seconds, ...], "kernel":
+    [...]}``: when the simulator read each rig's job, and the kernel's receive stamp of the read
+    that brought it (``SO_TIMESTAMPNS``, CLOCK_REALTIME; None if the kernel gave none). The stamp
+    is the moment the job reached the rig's socket, however long the simulator took to get to
+    that socket among thousands of others.
 ``{"cmd": "acks"}``
     opens a UDP socket for read acknowledgements and answers ``{"port": P}``: a fake node told to
     (``bench/fakenode.py``) sends each nonce it read there.
@@ -70,7 +74,8 @@ def cpu_seconds(pid: int | None) -> float:
 class Rig:
     __slots__ = (
         "index", "sock", "fd", "inbuf", "outbuf", "connected", "ready", "mid", "target", "job_id",
-        "nonce", "next_id", "inflight", "arrived", "last_reply", "written", "tx_base", "tx_stamps",
+        "nonce", "next_id", "inflight", "arrived", "arrived_k", "last_reply", "written", "tx_base",
+        "tx_stamps",
     )  # fmt: skip
 
     def __init__(self, index: int, sock: socket.socket) -> None:
@@ -87,7 +92,8 @@ class Rig:
         self.nonce = index << 64  # rigs never search the same nonces
         self.next_id = FIRST_SHARE_ID
         self.inflight = 0
-        self.arrived: float | None = None
+        self.arrived: float | None = None  # time.monotonic() when the simulator read the clean job
+        self.arrived_k: float | None = None  # the kernel's receive stamp of it (CLOCK_REALTIME)
         self.last_reply = b""
         self.written = 0  # bytes the kernel took from send()
         self.tx_base: int | None = None  # self.written when transmit stamps were turned on
@@ -156,6 +162,7 @@ class Simulator:
             sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
             sock.setblocking(False)
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            kstamp.enable_rx_stamps(sock)  # arrivals are stamped by the kernel (see arm())
             rig = Rig(self.started, sock)
             self.started += 1
             self.pending += 1
@@ -265,8 +272,13 @@ class Simulator:
                 self.first_error = self.first_error or line
 
     def on_readable(self, rig: Rig) -> None:
+        stamp = None
         try:
-            data = rig.sock.recv(262144)
+            if self.armed:
+                data, ancdata, _, _ = rig.sock.recvmsg(262144, kstamp.ANCILLARY_SIZE)
+                stamp = kstamp.rx_stamp(ancdata)
+            else:
+                data = rig.sock.recv(262144)
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
@@ -279,7 +291,7 @@ class Simulator:
         if self.armed:
             # Stamp now, parse later: parsing here would delay the stamps of the sockets after it.
             if rig.arrived is None and (b'"clean":true' in data or b'"clean": true' in data):
-                rig.arrived = now
+                rig.arrived, rig.arrived_k = now, stamp
                 self.arrived += 1
             self.deferred.append((rig, data))
             return
@@ -388,7 +400,7 @@ class Simulator:
 
     def arm(self, timeout: float) -> None:
         for rig in self.rigs.values():
-            rig.arrived = None
+            rig.arrived = rig.arrived_k = None
         self.armed, self.arrived = True, 0
         self.say(armed=True)
         deadline = time.monotonic() + timeout
@@ -399,8 +411,12 @@ class Simulator:
         for rig, data in deferred:
             if rig.fd in self.rigs:
                 self.take(rig, data, time.monotonic())
-        arrivals = [r.arrived for r in self.rigs.values() if r.arrived is not None]
-        self.say(arrivals=arrivals, missing=len(self.rigs) - len(arrivals))
+        arrived = [r for r in self.rigs.values() if r.arrived is not None]
+        self.say(
+            arrivals=[r.arrived for r in arrived],
+            kernel=[r.arrived_k for r in arrived],
+            missing=len(self.rigs) - len(arrived),
+        )
 
     def open_acks(self) -> int:
         if self.acks is None:

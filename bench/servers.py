@@ -233,8 +233,17 @@ async def serve_bare(args: argparse.Namespace) -> None:
         async with trio_websocket.open_websocket_url(args.node) as ws:
             while True:
                 await ws.get_message()
+                # One non-blocking write per socket, as the proxy's fan-out does; send_all (two
+                # trips through trio's scheduler each) only if a socket is full (never seen here).
                 for stream in list(streams):
-                    await stream.send_all(CLEAN_JOB_LINE)
+                    try:
+                        sent = os.write(stream.socket.fileno(), CLEAN_JOB_LINE)
+                    except BlockingIOError:
+                        sent = 0
+                    except OSError:
+                        continue
+                    if sent < len(CLEAN_JOB_LINE):
+                        await stream.send_all(CLEAN_JOB_LINE[sent:])
 
     async with trio.open_nursery() as nursery:
         listeners = await nursery.start(partial(trio.serve_tcp, handle, 0, host="127.0.0.1"))
