@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import random
 import string
+import time
 from functools import partial
 from types import SimpleNamespace
 from typing import Any
@@ -145,7 +146,10 @@ def test_any_id_is_echoed_exactly(request_id):
 
 async def start(nursery: trio.Nursery, **settings: Any) -> tuple[DevNode, MiningUpstream, MiningRelay, str]:
     settings.setdefault("block_weight", 4)
-    node = DevNode(DevNodeSettings(**settings))
+    # A fixed clock: a template's timestamp_now follows it, and the tests compare what the relay
+    # sent with the node's template computed later (a second boundary in between failed them).
+    now = int(time.time())
+    node = DevNode(DevNodeSettings(**settings), clock=lambda: now)
     node_port = await nursery.start(node.serve, "127.0.0.1", 0)
     upstream = MiningUpstream(
         [f"http://127.0.0.1:{node_port}/v1a/"], backoff_initial=0.05, backoff_max=0.2, submit_timeout=10
