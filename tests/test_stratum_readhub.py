@@ -123,3 +123,36 @@ async def test_a_rig_closing_its_side_ends_its_connection_and_frees_its_registra
         await wait_for(lambda: h.server.connections == 2)
         assert len(h.server._hub) == 2
         nursery.cancel_scope.cancel()
+
+
+async def test_actions_deferred_by_callbacks_run_after_the_whole_batch_of_reads():
+    pairs = _pairs(4)
+    log: list[str] = []
+    errors: list[tuple[int, BaseException]] = []
+    hub = ReadHub(batch=8)
+
+    def readable(i: int, sock: socket.socket) -> None:
+        sock.recv(100)
+        log.append(f"read {i}")
+
+        def reply() -> None:
+            log.append(f"reply {i}")
+            if i == 2:
+                raise ValueError("a bug in one connection's reply")
+
+        hub.after_batch(reply, lambda exc: errors.append((i, exc)))
+
+    async with trio.open_nursery() as nursery:
+        await nursery.start(hub.run)
+        for _, theirs in pairs:  # all four ready before the hub wakes: one batch
+            theirs.send(b"x")
+        for i, (ours, _) in enumerate(pairs):
+            hub.add(ours.fileno(), lambda i=i, s=ours: readable(i, s), print)
+        with trio.fail_after(5):
+            while len(log) < 8:
+                await trio.sleep(0.01)
+        reads = [entry for entry in log if entry.startswith("read")]
+        assert log[:4] == reads and sorted(log[4:]) == [f"reply {i}" for i in range(4)]
+        # One reply's exception goes to its owner; the replies after it still ran.
+        assert [(i, str(exc)) for i, exc in errors] == [(2, "a bug in one connection's reply")]
+        nursery.cancel_scope.cancel()

@@ -632,9 +632,15 @@ class _Connection:
             session.receive(event, now)
             if session.close_reason is not None:
                 break
-        self.server._after(self)
         if session.close_reason is not None:
             self._end_reading()
+        else:
+            # Replies go out with the rest of the hub's batch (a found block is already upstream:
+            # the pool enqueued it while judging the share).
+            self.server._hub.after_batch(self._after_read, self._read_failed)
+
+    def _after_read(self) -> None:
+        self.server._after(self)
 
     def _read_failed(self, exc: BaseException) -> None:
         """Handling a read raised (a bug): this rig's connection ends, nobody else's."""
