@@ -1,7 +1,8 @@
 """One event sequence as the trio side sees it: durable appends, cached reads, change notification.
 
 The :class:`EventFeed` is the only door to a sequence of the :class:`~miningproxy.events.log.EventLog`
-from async code. Appends and cold reads run in worker threads (``trio.to_thread``); the newest
+from async code. Appends and prunes run in the log's writer thread, which yields the CPU to the
+event loop (:mod:`miningproxy.background`); cold reads in trio's worker threads; the newest
 events stay in a bounded in-memory tail, so clients following the live edge never touch SQLite.
 ``last_id`` only ever names a committed event: a client is never shown an event that a crash
 could take back.
@@ -18,6 +19,7 @@ from itertools import islice
 
 import trio
 
+from miningproxy.background import LOG_WRITER
 from miningproxy.events.log import EventLog, PrunedError, StoredEvent, StreamIdentity
 from miningproxy.events.stream import Envelope
 
@@ -108,7 +110,7 @@ class EventFeed:
             return
         async with self._append_lock:
             call = functools.partial(self.log.append, self.seq, events, identity=identity)
-            await trio.to_thread.run_sync(call, limiter=self._limiter)
+            await LOG_WRITER.run_sync(call)
             self._appended(events, identity)
 
     def append_sync(self, events: Sequence[StoredEvent], *, identity: StreamIdentity | None = None) -> None:
@@ -136,7 +138,7 @@ class EventFeed:
             call = functools.partial(
                 self.log.prune, self.seq, keep_count=keep_count, max_age=max_age, now=time.time()
             )
-            removed = await trio.to_thread.run_sync(call, limiter=self._limiter)
+            removed = await LOG_WRITER.run_sync(call)
             if removed:
                 bounds = await trio.to_thread.run_sync(self.log.bounds, self.seq, limiter=self._limiter)
                 self.first_id = bounds.first_id if bounds else None
