@@ -94,6 +94,6 @@ def _lower_priority(nice: int) -> bool:
     return True
 
 
-# The event log's writer: every sequence's appends and prunes (they share the log's write
-# connection and its lock, so one thread loses nothing).
+# The event log's writer: every sequence's appends and prunes. A process has one event log, whose
+# single write connection and its lock serialize them anyway: one thread loses nothing.
 LOG_WRITER = BackgroundThread("event-log writer")

@@ -10,7 +10,9 @@ turn: one scheduler trip and one ``epoll_wait`` for every batch of ready sockets
 A callback runs inside the hub task: it must not block, and an exception it raises is its own
 connection's problem, never the hub's (logged, and the callback's owner is told through
 ``on_error``). At most ``batch`` callbacks run between two checkpoints, so other tasks (the
-fan-out, timers, HTTP) still get their turn under a flood.
+fan-out, timers, HTTP) still get their turn under a flood. A callback may defer work to the end
+of its batch (:meth:`ReadHub.after_batch`): the connections write their replies there, one after
+the other, once every socket of the batch has been read.
 """
 
 from __future__ import annotations
@@ -99,5 +101,5 @@ class ReadHub:
         try:
             entry[0]()
         except Exception as exc:
-            log.exception("reading a rig's socket failed")
+            log.exception("handling a rig's socket failed")
             entry[1](exc)

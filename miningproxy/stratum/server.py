@@ -419,7 +419,8 @@ class StratumServer:
                 batch = connections[start : start + FAN_OUT_BATCH]
                 # A batch's jobs are built first and written after: each write's system call
                 # runs the kernel's whole TCP path, and keeping the two loops apart keeps each
-                # one's code and data in the CPU's caches (~20% less time per rig, measured).
+                # one's code and data in the CPU's caches (bench.fanout, 1,000 rigs: p99 75-85
+                # ms interleaved, 36-47 ms apart).
                 for conn in batch:
                     try:
                         if conn.session.new_work(signal.clean, now):
