@@ -22,6 +22,7 @@ from typing import Any
 import trio
 
 from tests.hathor_vectors import PRIVATENET_ADDRESS
+from tests.stream_support import receive_or_eof
 
 PER_IP = 200
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -51,10 +52,7 @@ class Rig:
 
     async def line(self) -> dict[str, Any] | None:
         while b"\n" not in self.buffer:
-            try:
-                data = await self.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            data = await receive_or_eof(self.stream)
             if not data:
                 return None
             self.buffer += data

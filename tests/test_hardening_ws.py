@@ -20,6 +20,7 @@ from trio_websocket import open_websocket_url
 from miningproxy.api.admin_session import MALFORMED
 from miningproxy.devnode.server import DevNode
 from miningproxy.devnode.settings import DevNodeSettings
+from tests.stream_support import receive_or_eof
 from tests.test_hardening_support import start_app
 
 PATHS = ["/ws", "/event_ws", "/pool/event_ws", "/mining"]
@@ -70,10 +71,7 @@ class RawWs:
                     payload = self.buffer[offset : offset + size]
                     self.buffer = self.buffer[offset + size :]
                     return opcode, payload
-            try:
-                data = await self.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            data = await receive_or_eof(self.stream)
             if not data:
                 return None
             self.buffer += data

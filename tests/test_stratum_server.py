@@ -19,6 +19,7 @@ from miningproxy.pool.service import PoolService, WorkSignal
 from miningproxy.stratum.server import StratumServer
 from miningproxy.stratum.settings import BanSettings, VardiffSettings
 from tests.hathor_vectors import PRIVATENET_ADDRESS
+from tests.stream_support import receive_or_eof
 from tests.test_stratum_support import OTHER_TIP, PRIVATENET, TEMPLATES, miss, settings, solve
 
 TIMEOUT = 5.0
@@ -95,10 +96,7 @@ class Client:
         """The next line (None at EOF)."""
         with trio.fail_after(timeout):
             while b"\n" not in self.buffer:
-                try:
-                    data = await self.stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
+                data = await receive_or_eof(self.stream)
                 if not data:
                     return None
                 self.buffer += data

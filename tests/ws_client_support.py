@@ -8,6 +8,8 @@ import struct
 
 import trio
 
+from tests.stream_support import receive_or_eof
+
 
 def client_frame(
     payload: bytes,
@@ -108,10 +110,7 @@ class RawClient:
                         payload = self.buffer[offset : offset + size]
                         self.buffer = self.buffer[offset + size :]
                         return bool(b0 & 0x80), b0 & 0x0F, payload
-            try:
-                data = await self.stream.receive_some(65536)
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
-                data = b""
+            data = await receive_or_eof(self.stream)
             if not data:
                 return None
             self.buffer += data
