@@ -150,3 +150,55 @@ def test_any_integer_nonce_gets_a_verdict(nonce):
 def test_no_template_yet():
     with pytest.raises(LookupError):
         JobFactory("t").new_job(PRIVATENET_SCRIPT, 1.0, now=0.0, clean=True)
+
+
+OTHER_SCRIPT = bytes.fromhex("76a914") + bytes(range(20)) + bytes.fromhex("88ac")
+
+
+@given(
+    st.lists(
+        st.tuples(
+            # the wall clock at this job, from the first template's timestamp_min (the others
+            # start 1-3 s later): ticks within and across seconds and template ranges, jumps out
+            # of the ranges either way
+            st.one_of(st.integers(0, 6000).map(lambda ms: ms / 1000), st.floats(-1e5, 1e5)),
+            st.booleans(),  # pay the other script (solo mode mixes scripts in one fan-out)
+            st.sampled_from([False, False, False, True]),  # a new template first
+        ),
+        min_size=1,
+        max_size=40,
+    )
+)
+def test_each_job_is_the_block_its_clock_and_script_make(steps):
+    """The factory keeps the block timestamp for the clock's current second and each payout
+    script's graph head; whatever the clock does (ticks, jumps, goes back) and however scripts and
+    templates interleave, every job is exactly the block its own clock reading makes, and its
+    header is that block's mining header."""
+    clock = [0.0]
+    jobs = JobFactory("pooltag", wallclock=lambda: clock[0])
+    seq = 1
+    jobs.set_generation(Generation(seq, TEMPLATES[0], "node-a", 0.0))
+    for offset, other, new_template in steps:
+        if new_template:
+            seq += 1
+            jobs.set_generation(Generation(seq, TEMPLATES[seq % len(TEMPLATES)], "node-a", 0.0))
+        template = jobs.generation.template
+        clock[0] = wall = TEMPLATES[0].timestamp_min + offset
+        script = OTHER_SCRIPT if other else PRIVATENET_SCRIPT
+        job = jobs.new_job(script, 4.0, now=0.0, clean=True)
+        struct = job.assembled.struct(0)
+        block = parse_block(struct)
+        assert block.timestamp == min(max(int(wall), template.timestamp_min), template.timestamp_max)
+        assert block.outputs[0].script == script
+        assert block.parents[0] == template.parents[0]
+        assert block.data == b"pooltag" + bytes.fromhex(job.job_id)
+        assert (
+            job.header
+            == hashlib.sha256(block.funds_struct()).digest() + hashlib.sha256(block.graph_struct()).digest()
+        )
+        assert block.hash(7) == sha256d_hash(job.header, 7)
+
+
+def test_a_tag_that_leaves_no_room_for_the_job_id_is_refused():
+    with pytest.raises(ValueError, match="pool tag"):
+        JobFactory("x" * 90)

@@ -65,9 +65,19 @@ class FakePool:
         return generation
 
     def new_job(
-        self, *, payout_script: bytes | None = None, share_weight: float = 0.0, clean: bool = False
+        self,
+        *,
+        payout_script: bytes | None = None,
+        share_weight: float = 0.0,
+        clean: bool = False,
+        now: float | None = None,
     ) -> Job:
-        return self.jobs.new_job(payout_script or self.payout_script, share_weight, now=self.now, clean=clean)
+        return self.jobs.new_job(
+            payout_script or self.payout_script,
+            share_weight,
+            now=self.now if now is None else now,
+            clean=clean,
+        )
 
     def submit_share(
         self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None

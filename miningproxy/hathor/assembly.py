@@ -6,8 +6,8 @@ The TRAP (protocol/HATHOR.md): the node's ``weight`` is computed for ``timestamp
 never from ``data`` as given.
 
 Per (template, script) everything but the graph's timestamp and data is constant, so
-:class:`BlockAssembler` serializes the funds part and hashes it once; each :meth:`BlockAssembler.build`
-is one graph serialization and one sha256.
+:class:`BlockAssembler` serializes the funds part and hashes it once, and keeps the graph up to the
+data for the latest timestamp: each block is one concatenation and one sha256.
 """
 
 from __future__ import annotations
@@ -100,6 +100,9 @@ class BlockAssembler:
         "data_max",
         "_weight_bytes",
         "_parents_part",
+        "_head",
+        "_head_timestamp",
+        "_head_data_len",
     )
 
     def __init__(self, template: BlockTemplate, script: bytes, *, data_max: int = BLOCK_DATA_MAX_SIZE):
@@ -123,19 +126,35 @@ class BlockAssembler:
         # graph = weight | timestamp | n_parents | parents | data_len | data: split around the timestamp.
         graph = prototype.graph_struct()
         self._weight_bytes = graph[:8]
-        self._parents_part = graph[12:-1]
+        self._parents_part = graph[12:-1]  # n_parents | parents
+        self._head = b""
+        self._head_timestamp = self._head_data_len = -1
+
+    def graph_head(self, timestamp: int, data_len: int) -> bytes:
+        """The graph struct up to its data, for a block at ``timestamp`` with ``data_len`` bytes of
+        data: append the data to have the whole graph. The latest one is kept (a fan-out asks for
+        the same one for every rig)."""
+        if timestamp != self._head_timestamp or data_len != self._head_data_len:
+            t = self.template
+            if not t.timestamp_min <= timestamp <= t.timestamp_max:
+                raise ValueError(
+                    f"timestamp {timestamp} outside the template's [{t.timestamp_min}, {t.timestamp_max}]"
+                )
+            if not 0 <= data_len <= self.data_max:
+                raise ValueError(f"block data is {data_len} bytes, the maximum is {self.data_max}")
+            self._head = b"".join(
+                (
+                    self._weight_bytes,
+                    timestamp.to_bytes(4, "big"),
+                    self._parents_part,
+                    data_len.to_bytes(1, "big"),
+                )
+            )
+            self._head_timestamp, self._head_data_len = timestamp, data_len
+        return self._head
 
     def build(self, timestamp: int, data: bytes = b"") -> AssembledBlock:
         """The block at ``timestamp`` (see clamp_timestamp) carrying ``data`` in its data field."""
-        t = self.template
-        if not t.timestamp_min <= timestamp <= t.timestamp_max:
-            raise ValueError(
-                f"timestamp {timestamp} outside the template's [{t.timestamp_min}, {t.timestamp_max}]"
-            )
-        n = len(data)
-        if n > self.data_max:
-            raise ValueError(f"block data is {n} bytes, the maximum is {self.data_max}")
-        graph = b"".join(
-            (self._weight_bytes, timestamp.to_bytes(4, "big"), self._parents_part, n.to_bytes(1, "big"), data)
-        )
-        return AssembledBlock(self.funds_hash + _sha256(graph).digest(), timestamp, bytes(data), graph, self)
+        data = bytes(data)
+        graph = self.graph_head(timestamp, len(data)) + data
+        return AssembledBlock(self.funds_hash + _sha256(graph).digest(), timestamp, data, graph, self)

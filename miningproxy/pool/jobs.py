@@ -10,7 +10,9 @@ costs two compressions; a job that never sees a share (most of them) never pays 
 
 from __future__ import annotations
 
+import hashlib
 import itertools
+import math
 import os
 import time
 from collections.abc import Callable
@@ -20,9 +22,12 @@ from functools import cached_property, lru_cache
 from hashing.header import HeaderHasher
 from hashing.pow import target_to_bytes, weight_to_target
 from miningproxy.hathor.assembly import AssembledBlock, BlockAssembler, clamp_timestamp
+from miningproxy.hathor.networks import BLOCK_DATA_MAX_SIZE
 from miningproxy.hathor.template import BlockTemplate
 
 JOB_ID_SIZE = 16  # bytes; 32 hex characters on the wire, as the node sends
+
+_sha256 = hashlib.sha256
 
 
 @dataclass(frozen=True)
@@ -42,34 +47,44 @@ class Generation:
     def tip_hex(self) -> str:
         return self.template.parents[0].hex()
 
+    @cached_property
+    def block_target(self) -> bytes:
+        return target_bytes(self.template.weight)
+
 
 class Job:
     """One consumer's job. Built for every rig on every new block, so it is a slotted class that
-    computes on demand what only a share needs: the header's midstate and the set of nonces seen."""
+    keeps what makes its block (header, timestamp, data) and computes on demand what only a share
+    or a block needs: the header's midstate, the set of nonces seen, the assembled block."""
 
     __slots__ = (
-        "job_id", "generation", "assembled", "share_weight", "share_target", "block_target",
-        "payout_script", "created_at", "clean", "_hasher", "_seen",
+        "job_id", "generation", "header", "timestamp", "data", "assembler", "share_weight", "share_target",
+        "block_target", "payout_script", "created_at", "clean", "_hasher", "_seen",
     )  # fmt: skip
 
     def __init__(
         self,
         job_id: str,
         generation: Generation,
-        assembled: AssembledBlock,
+        header: bytes,
+        timestamp: int,
+        data: bytes,
+        assembler: BlockAssembler,
         share_weight: float,
         share_target: bytes,
-        block_target: bytes,
         payout_script: bytes,
         created_at: float,
         clean: bool,
     ) -> None:
         self.job_id = job_id
         self.generation = generation
-        self.assembled = assembled
+        self.header = header
+        self.timestamp = timestamp
+        self.data = data
+        self.assembler = assembler
         self.share_weight = share_weight
         self.share_target = share_target
-        self.block_target = block_target
+        self.block_target = generation.block_target
         self.payout_script = payout_script
         self.created_at = created_at
         self.clean = clean
@@ -81,7 +96,7 @@ class Job:
         """The header's SHA-256 midstate, made at the first share (most jobs never see one)."""
         hasher = self._hasher
         if hasher is None:
-            hasher = self._hasher = HeaderHasher(self.assembled.header)
+            hasher = self._hasher = HeaderHasher(self.header)
         return hasher
 
     @property
@@ -93,8 +108,11 @@ class Job:
         return seen
 
     @property
-    def header(self) -> bytes:
-        return self.assembled.header
+    def assembled(self) -> AssembledBlock:
+        """The job's block, for any nonce (made when a share meets the block weight: rarely)."""
+        a = self.assembler
+        graph = a.graph_head(self.timestamp, len(self.data)) + self.data
+        return AssembledBlock(self.header, self.timestamp, self.data, graph, a)
 
     @property
     def template(self) -> BlockTemplate:
@@ -130,6 +148,15 @@ class JobFactory:
         # and across several proxies mining for the same pool address.
         self._prefix = os.urandom(4)
         self._counter = itertools.count(1)
+        self._data_len = len(self._tag) + JOB_ID_SIZE
+        if self._data_len > BLOCK_DATA_MAX_SIZE:
+            raise ValueError(
+                f"pool tag {tag!r} is {len(self._tag)} bytes; at most {BLOCK_DATA_MAX_SIZE - JOB_ID_SIZE} "
+                f"fit in a block's data beside the job id"
+            )
+        # The block timestamp of the wall clock's current second: [_second, _second + 1) -> _timestamp.
+        self._second = -math.inf
+        self._timestamp = 0
         self._generation: Generation | None = None
         self._assemblers: dict[bytes, BlockAssembler] = {}
         self._max_assemblers = max_assemblers
@@ -141,6 +168,7 @@ class JobFactory:
     def set_generation(self, generation: Generation) -> None:
         self._generation = generation
         self._assemblers.clear()
+        self._second = -math.inf
 
     def _assembler(self, script: bytes) -> BlockAssembler:
         assembler = self._assemblers.get(script)
@@ -157,20 +185,26 @@ class JobFactory:
         generation = self._generation
         if generation is None:
             raise LookupError("no template yet")
+        wall = self._wallclock()
+        if not self._second <= wall < self._second + 1.0:  # a new second (or a clock gone back)
+            self._timestamp = clamp_timestamp(generation.template, wall)
+            self._second = math.floor(wall)
         id_bytes = self._prefix + next(self._counter).to_bytes(JOB_ID_SIZE - 4, "big")
-        template = generation.template
-        timestamp = clamp_timestamp(template, self._wallclock())
+        data = self._tag + id_bytes
+        timestamp = self._timestamp
         assembler = self._assemblers.get(payout_script) or self._assembler(payout_script)
-        assembled = assembler.build(timestamp, self._tag + id_bytes)
-        block_weight = template.weight
+        graph_hash = _sha256(assembler.graph_head(timestamp, self._data_len) + data).digest()
+        block_weight = generation.template.weight
         share_weight = min(share_weight, block_weight) if share_weight > 0 else block_weight
         return Job(
             id_bytes.hex(),
             generation,
-            assembled,
+            assembler.funds_hash + graph_hash,
+            timestamp,
+            data,
+            assembler,
             share_weight,
             target_bytes(share_weight),
-            target_bytes(block_weight),
             payout_script,
             now,
             clean,

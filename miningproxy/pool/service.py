@@ -254,10 +254,19 @@ class PoolService:
     # --- jobs and shares -----------------------------------------------------------------------
 
     def new_job(
-        self, *, payout_script: bytes | None = None, share_weight: float = 0.0, clean: bool = False
+        self,
+        *,
+        payout_script: bytes | None = None,
+        share_weight: float = 0.0,
+        clean: bool = False,
+        now: float | None = None,
     ) -> Job:
+        """A job for one consumer; ``now`` (trio time) when the caller has it at hand."""
         job = self.jobs.new_job(
-            payout_script or self.payout_script, share_weight, now=trio.current_time(), clean=clean
+            payout_script or self.payout_script,
+            share_weight,
+            now=trio.current_time() if now is None else now,
+            clean=clean,
         )
         self.metrics.jobs_sent.inc()
         return job

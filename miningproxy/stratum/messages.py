@@ -11,6 +11,7 @@ JSON-RPC errors with a code <= -32600 close the connection after they are sent.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 from json.encoder import encode_basestring_ascii
@@ -60,13 +61,20 @@ def encode_job(
     """``encode(request(str(msgid), "job", {...}))`` byte for byte, by formatting: a job goes to
     every rig on every new block. ``data``, ``job_id`` and ``parent_hash`` are hex (nothing to
     escape); ``weight`` is written as the encoder writes a float (``float.__repr__``)."""
+    return (job_format(nonce_size, weight, clean, parent_hash) % (data, job_id, msgid)).encode("ascii")
+
+
+@functools.lru_cache(maxsize=256)
+def job_format(nonce_size: int, weight: float, clean: bool, parent_hash: str) -> str:
+    """``encode_job``'s line as a %-format of (data, job_id, msgid). What the jobs of one template
+    and one weight share is formatted once: a fan-out asks for the same few for every rig."""
     if not math.isfinite(weight):
         raise ValueError(f"Out of range float values are not JSON compliant: {weight!r}")
     return (
-        f'{{"method":"job","params":{{"data":"{data}","job_id":"{job_id}","nonce_size":{nonce_size:d},'
+        f'{{"method":"job","params":{{"data":"%s","job_id":"%s","nonce_size":{nonce_size:d},'
         f'"weight":{float.__repr__(weight)},"clean":{"true" if clean else "false"},'
-        f'"parent_hash":"{parent_hash}"}},"id":"{msgid:d}"}}\n'
-    ).encode("ascii")
+        f'"parent_hash":"{parent_hash.replace("%", "%%")}"}},"id":"%d"}}\n'
+    )
 
 
 def result(msgid: Any, value: Any) -> dict[str, Any]:

@@ -75,6 +75,8 @@ class StratumServer:
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
         self.pool = pool
+        # Told of every job written (each rig, each new block): looked up once, not per job.
+        self._job_delivered = pool.job_delivered if self._pool_has("job_delivered") else None
         self.settings = settings.check()
         self.network = network
         self.payout_mode = payout_mode
@@ -331,8 +333,9 @@ class StratumServer:
         return callable(getattr(self.pool, name, None))
 
     def _delivered(self, signal: Any) -> None:
-        if self._pool_has("job_delivered"):
-            self.pool.job_delivered(signal)
+        delivered = self._job_delivered
+        if delivered is not None:
+            delivered(signal)
 
     def _count_miner(self, conn: _Connection, miner: MinerId | None) -> None:
         """Keep count of the connections per miner; the pool forgets a miner's stats when the last

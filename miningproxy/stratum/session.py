@@ -39,6 +39,7 @@ import json
 import math
 import re
 from collections import Counter, OrderedDict
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -73,7 +74,12 @@ class JobSource(Protocol):
     def generation(self) -> Generation | None: ...
 
     def new_job(
-        self, *, payout_script: bytes | None = None, share_weight: float = 0.0, clean: bool = False
+        self,
+        *,
+        payout_script: bytes | None = None,
+        share_weight: float = 0.0,
+        clean: bool = False,
+        now: float | None = None,
     ) -> Job: ...
 
     def submit_share(
@@ -293,8 +299,11 @@ class Session:
     def has_output(self) -> bool:
         return bool(self._outbox)
 
-    def take_events(self) -> list[SessionEvent]:
-        events, self._events = self._events, []
+    def take_events(self) -> Sequence[SessionEvent]:
+        events = self._events
+        if not events:
+            return ()  # the server asks after every line and every job: no new list for nothing
+        self._events = []
         return events
 
     def next_deadline(self) -> float | None:
@@ -644,6 +653,7 @@ class Session:
                 payout_script=self.address.script if self.solo and self.address else None,
                 share_weight=self.vardiff.weight,
                 clean=clean,
+                now=now,
             )
         except LookupError:
             return  # no template (cannot happen once subscribed; the pool never forgets its template)
@@ -661,16 +671,12 @@ class Session:
             self._last_weight = job.share_weight
             self._events.append(WeightUsed(job.share_weight))
         self.jobs_queued += 1
-        line = m.encode_job(
-            self._next_id(),
+        line = m.job_format(NONCE_SIZE, float(job.share_weight), clean, job.parent_hash) % (
             job.header.hex(),
             job.job_id,
-            NONCE_SIZE,
-            float(job.share_weight),
-            clean,
-            job.parent_hash,
+            self._next_id(),
         )
-        self._push_line(line, job=True)
+        self._push_line(line.encode("ascii"), job=True)
 
     def _stale_data(self, job_id: str) -> dict[str, Any]:
         return {"current_job": self._current.job_id if self._current else None, "job_id": job_id}
