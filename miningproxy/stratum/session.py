@@ -80,7 +80,9 @@ class JobSource(Protocol):
         share_weight: float = 0.0,
         clean: bool = False,
         now: float | None = None,
-    ) -> Job: ...
+    ) -> Job:
+        """A job whose ``created_at`` is ``now`` (the session's clock: vardiff measures from it)."""
+        ...
 
     def submit_share(
         self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None
@@ -205,7 +207,7 @@ class Session:
         self._unsynced_accepts = False
         self.blocks = 0
         self.last_share_at: float | None = None
-        self._jobs: OrderedDict[str, tuple[Job, float]] = OrderedDict()  # job id -> (job, sent at)
+        self._jobs: OrderedDict[str, Job] = OrderedDict()  # job id -> job (sent at its created_at)
         self._expired: OrderedDict[str, None] = OrderedDict()
         self._current: Job | None = None
         self._last_job_at = now
@@ -494,8 +496,8 @@ class Session:
             self._error(msgid, m.INVALID_PARAMS, {"params": params, "required": ["job_id", "nonce"]})
             return
         # The usual share names a job we hold, spelled as we sent it: the lookup is the check.
-        entry = self._jobs.get(job_id) if type(job_id) is str else None
-        if entry is None:
+        job = self._jobs.get(job_id) if type(job_id) is str else None
+        if job is None:
             if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
                 self._penalize(self.settings.ban.garbage, "malformed job id")
                 self._error(
@@ -511,20 +513,19 @@ class Session:
                 {"nonce": raw_nonce, "message": "nonce must be a big-endian hex string"},
             )
             return
-        if entry is None:
+        if job is None:
             job_id = job_id.lower()
-            entry = self._jobs.get(job_id)
-        if entry is None:
+            job = self._jobs.get(job_id)
+        if job is None:
             if job_id in self._expired:
                 self._reject("stale", msgid, self._stale_data(job_id))
             else:
                 self._penalize(self.settings.ban.invalid_share, "unknown job")
                 self._reject("job-not-found", msgid, self._stale_data(job_id))
             return
-        job, sent_at = entry
         outcome = self.pool.submit_share(self.miner, job, nonce, arrived_at=now)
         if outcome.accepted:
-            self._accepted(job, sent_at, outcome, msgid, now)
+            self._accepted(job, outcome, msgid, now)
             return
         self.rejected[outcome.reason] += 1
         if outcome.reason == "stale":
@@ -563,7 +564,7 @@ class Session:
         unsynced, self._unsynced_accepts = self._unsynced_accepts, False
         return unsynced
 
-    def _accepted(self, job: Job, sent_at: float, outcome: ShareResult, msgid: Any, now: float) -> None:
+    def _accepted(self, job: Job, outcome: ShareResult, msgid: Any, now: float) -> None:
         self.accepted += 1
         self._unsynced_accepts = True
         self.last_share_at = now
@@ -571,7 +572,7 @@ class Session:
         if outcome.is_block:
             self.blocks += 1
         self._reply(msgid, "ok")
-        if self.vardiff.share(job.share_weight, sent_at, now) is not None and self.mining:
+        if self.vardiff.share(job.share_weight, job.created_at, now) is not None and self.mining:
             self._send_job(now, clean=False)  # a retarget changes the next job only
 
     def _configure(self, params: Any, msgid: Any, now: float) -> None:
@@ -659,7 +660,7 @@ class Session:
             return  # no template (cannot happen once subscribed; the pool never forgets its template)
         self.vardiff.ceiling = job.block_weight
         self.vardiff.job_sent(job.share_weight, now)
-        self._jobs[job.job_id] = (job, now)
+        self._jobs[job.job_id] = job
         while len(self._jobs) > self.settings.job_history:
             old, _ = self._jobs.popitem(last=False)
             self._expired[old] = None
