@@ -70,6 +70,45 @@ def test_any_chunking_gives_the_same_lines(lines, cuts, crlf):
     assert events == [Line(line) for line in lines if line.strip()]
 
 
+def expected_events(raw_lines: list[bytes]) -> list:
+    """What the framer must make of these complete lines, spelled out line by line."""
+    events: list = []
+    for raw in raw_lines:
+        raw = raw[:-1] if raw.endswith(b"\r") else raw
+        try:
+            text = raw.decode("utf-8")
+        except UnicodeDecodeError:
+            events.append(NotUtf8(raw[:64]))
+            continue
+        if text.strip():
+            events.append(Line(text))
+    return events
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(
+                st.binary(max_size=40).map(lambda b: b.replace(b"\n", b"")),
+                st.text(max_size=20).map(lambda t: t.replace("\n", "").encode()),
+                st.sampled_from([b"", b"\r", b" \t", b"\xc2\xa0", b"\r\r", b"\xff{}"]),
+            ),
+            st.booleans(),  # ended with CRLF
+        ).map(lambda line: line[0] + b"\r" if line[1] else line[0]),
+        max_size=30,
+    ),
+    st.integers(min_value=1, max_value=400),
+)
+def test_a_read_of_whole_lines_is_framed_as_line_by_line(raw_lines, size):
+    """The usual read (whole lines, as a rig writes them) takes a shortcut: one decode and one
+    split for the read. Whatever the lines hold (invalid UTF-8, CR, Unicode spaces, blanks), it
+    gives what framing them one by one gives, in one read or cut anywhere."""
+    data = b"".join(raw + b"\n" for raw in raw_lines)
+    assert LineFramer(1000).feed(data) == expected_events(raw_lines)
+    chunks = [data[i : i + size] for i in range(0, len(data), size)]
+    assert feed_all(LineFramer(1000), chunks) == expected_events(raw_lines)
+
+
 @given(st.binary(max_size=3000), st.integers(min_value=1, max_value=64))
 def test_arbitrary_bytes_never_break_the_framer(data, size):
     framer = LineFramer(256)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: a frozen dataclass's __init__ costs twice as much, per line
 class Line:
     text: str
 
@@ -46,9 +46,24 @@ class LineFramer:
     def feed(self, data: bytes) -> list[FramerEvent]:
         if self._broken:
             return []
+        if not self._buffer and data[-1:] == b"\n" and len(data) <= self.max_line + 1:
+            # The usual read: whole lines, none of which can be too long. One decode and one
+            # split for all of them (a newline byte is never part of a multi-byte character).
+            try:
+                text = data.decode("utf-8")
+            except UnicodeDecodeError:
+                pass  # line by line below: the others still count, each bad one is reported
+            else:
+                events: list[FramerEvent] = []
+                for line in text.split("\n")[:-1]:
+                    if line[-1:] == "\r":
+                        line = line[:-1]
+                    if line and not (line[0].isspace() or line[-1].isspace()) or line.strip():
+                        events.append(Line(line))
+                return events
         buffer = self._buffer
         buffer += data
-        events: list[FramerEvent] = []
+        events = []
         start = 0
         while True:
             end = buffer.find(b"\n", max(start, self._scanned))
