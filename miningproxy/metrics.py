@@ -30,8 +30,8 @@ class Metrics:
         self.blocks = Counter("miningproxy_blocks", "Blocks by what happened to them", ["result"], registry=r)
         for result in BLOCK_RESULTS:
             self.blocks.labels(result)
-        self.shares = Counter(
-            "miningproxy_shares", "Shares checked, by result and reason", ["result", "reason"], registry=r
+        self.shares = LoopCounter(
+            "miningproxy_shares", "Shares checked, by result and reason", ("result", "reason"), registry=r
         )
         self.shares.labels("accepted", "ok")
         self.shares_unrecorded = Counter(
@@ -87,23 +87,52 @@ class Metrics:
 
 
 class LoopCounter(Collector):
-    """A counter without labels for the event loop's hottest paths (a job per rig per block):
-    ``inc`` is a plain addition, with none of prometheus_client's lock and checks. Only for
-    counts made in the event loop's thread, which is also where /metrics is scraped."""
+    """A counter for the event loop's hottest paths (a job per rig per block, a share): ``inc``
+    is a plain addition, with none of prometheus_client's lock and checks. Only for counts made
+    in the event loop's thread, which is also where /metrics is scraped. With ``labelnames``,
+    ``labels(*values)`` gives the child to count in (keep it: the lookup is per call)."""
 
-    def __init__(self, name: str, doc: str, *, registry: CollectorRegistry) -> None:
-        self.name, self.doc = name, doc
+    def __init__(
+        self, name: str, doc: str, labelnames: tuple[str, ...] = (), *, registry: CollectorRegistry
+    ) -> None:
+        self.name, self.doc, self.labelnames = name, doc, labelnames
         self.value = 0
+        self._children: dict[tuple[str, ...], _LoopChild] = {}
         registry.register(self)
 
+    def labels(self, *values: str) -> _LoopChild:
+        child = self._children.get(values)
+        if child is None:
+            if len(values) != len(self.labelnames) or not all(type(v) is str for v in values):
+                raise ValueError(f"{self.name}: labels {values!r} for {self.labelnames!r}")
+            child = self._children[values] = _LoopChild()
+        return child
+
     def inc(self, amount: int = 1) -> None:
+        if self.labelnames:
+            raise ValueError(f"{self.name} counts by {self.labelnames!r}: use labels(...).inc()")
         self.value += amount
 
     def collect(self) -> Iterable[Metric]:
-        return [CounterMetricFamily(self.name, self.doc, value=self.value)]
+        if not self.labelnames:
+            return [CounterMetricFamily(self.name, self.doc, value=self.value)]
+        family = CounterMetricFamily(self.name, self.doc, labels=self.labelnames)
+        for values, child in self._children.items():
+            family.add_metric(values, child.value)
+        return [family]
 
     def describe(self) -> Iterable[Metric]:
-        return [CounterMetricFamily(self.name, self.doc)]
+        return [CounterMetricFamily(self.name, self.doc, labels=self.labelnames or None)]
+
+
+class _LoopChild:
+    __slots__ = ("value",)
+
+    def __init__(self) -> None:
+        self.value = 0
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
 
 
 class _LiveCollector(Collector):

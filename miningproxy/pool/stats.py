@@ -17,6 +17,14 @@ from miningproxy.pool.hashrate import HashrateMeter
 class MinerId:
     address: str  # the rig's address (pool mode: for accounting only)
     worker: str  # worker name, e.g. "rig1" or "local-0"
+    # Kept: every share looks its miner up (the generated __hash__ builds a tuple each time).
+    _hash: int = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_hash", hash((self.address, self.worker)))
+
+    def __hash__(self) -> int:
+        return self._hash
 
     def __str__(self) -> str:
         return f"{self.address}.{self.worker}" if self.address else self.worker
