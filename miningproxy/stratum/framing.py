@@ -58,7 +58,8 @@ class LineFramer:
                 for line in text.split("\n")[:-1]:
                     if line[-1:] == "\r":
                         line = line[:-1]
-                    if line and not (line[0].isspace() or line[-1].isspace()) or line.strip():
+                    # Blank lines are skipped; strip() only for a line that starts or ends blank.
+                    if (line and not line[0].isspace() and not line[-1].isspace()) or line.strip():
                         events.append(Line(line))
                 return events
         buffer = self._buffer
