@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+from contextlib import asynccontextmanager
 from types import SimpleNamespace
 
 import trio
@@ -57,6 +58,18 @@ def make_pool(upstream, **kw):
     )
 
 
+@asynccontextmanager
+async def running_pool(upstream, **kw):
+    """A running pool that ``upstream`` (a FakeUpstream) has fed ``TEMPLATES[0]``."""
+    pool = make_pool(upstream, **kw)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(pool.run)
+        upstream.push(TEMPLATES[0])
+        await trio.sleep(0.1)
+        yield pool
+        nursery.cancel_scope.cancel()
+
+
 def winning_nonce(job, weight):
     hasher, target = HeaderHasher(job.header), weight_to_target(weight)
     return next(n for n in itertools.count() if int.from_bytes(hasher.hash_nonce(n), "big") < target)
@@ -88,11 +101,7 @@ async def test_new_tip_is_clean_work_and_refresh_is_not(autojump_clock):
 
 async def test_block_share_is_submitted_and_counted(autojump_clock):
     upstream = FakeUpstream()
-    pool = make_pool(upstream)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.run)
-        upstream.push(TEMPLATES[0])
-        await trio.sleep(0.1)
+    async with running_pool(upstream) as pool:
         job = pool.new_job(share_weight=1.0, clean=True)
         nonce = winning_nonce(job, job.block_weight)
         result = pool.submit_share(RIG, job, nonce)
@@ -108,16 +117,11 @@ async def test_block_share_is_submitted_and_counted(autojump_clock):
         assert 'miningproxy_blocks_total{result="accepted"} 1.0' in text
         assert 'miningproxy_blocks_total{result="found"} 1.0' in text
         assert "miningproxy_block_submit_roundtrip_seconds_count 1.0" in text
-        nursery.cancel_scope.cancel()
 
 
 async def test_rejected_shares_are_counted_by_reason(autojump_clock):
     upstream = FakeUpstream()
-    pool = make_pool(upstream)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.run)
-        upstream.push(TEMPLATES[0])
-        await trio.sleep(0.1)
+    async with running_pool(upstream) as pool:
         job = pool.new_job(share_weight=1.0, clean=True)
         upstream.push(OTHER_TIP)
         await trio.sleep(0.1)
@@ -126,23 +130,17 @@ async def test_rejected_shares_are_counted_by_reason(autojump_clock):
         assert (
             'miningproxy_shares_total{reason="stale",result="rejected"} 1.0' in pool.metrics.render().decode()
         )
-        nursery.cancel_scope.cancel()
 
 
 async def test_drain_waits_for_in_flight_submissions(autojump_clock):
     upstream = FakeUpstream(delay=2.0)
-    pool = make_pool(upstream)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.run)
-        upstream.push(TEMPLATES[0])
-        await trio.sleep(0.1)
+    async with running_pool(upstream) as pool:
         job = pool.new_job(share_weight=1.0, clean=True)
         pool.submit_share(RIG, job, winning_nonce(job, job.block_weight))
         start = trio.current_time()
         await pool.drain(10.0)
         assert 1.9 <= trio.current_time() - start < 3
         assert pool.blocks[0].status == "accepted"
-        nursery.cancel_scope.cancel()
 
 
 async def test_broadcast_latency_observed_when_the_last_consumer_has_its_job(autojump_clock):
@@ -177,11 +175,7 @@ async def test_block_without_an_answer_in_time_is_pending_until_its_late_fate(au
             )
 
     upstream = SlowUpstream()
-    pool = make_pool(upstream)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.run)
-        upstream.push(TEMPLATES[0])
-        await trio.sleep(0.1)
+    async with running_pool(upstream) as pool:
         job = pool.new_job(share_weight=1.0, clean=True)
         pool.submit_share(RIG, job, winning_nonce(job, job.block_weight))
         await trio.sleep(0.1)
@@ -190,7 +184,6 @@ async def test_block_without_an_answer_in_time_is_pending_until_its_late_fate(au
         upstream.late(SimpleNamespace(status="accepted", node="node-a", reason="the tip is this block"))
         assert pool.blocks[0].status == "accepted"
         assert 'miningproxy_blocks_total{result="accepted"} 1.0' in pool.metrics.render().decode()
-        nursery.cancel_scope.cancel()
 
 
 async def test_block_is_in_the_upstream_queue_when_submit_share_returns(autojump_clock, monkeypatch):
@@ -225,15 +218,10 @@ async def test_block_is_in_the_upstream_queue_when_submit_share_returns(autojump
 
 async def test_every_job_handed_out_is_counted_in_metrics(autojump_clock):
     upstream = FakeUpstream()
-    pool = make_pool(upstream)
-    async with trio.open_nursery() as nursery:
-        await nursery.start(pool.run)
-        upstream.push(TEMPLATES[0])
-        await trio.sleep(0.1)
+    async with running_pool(upstream) as pool:
         for _ in range(3):
             pool.new_job(share_weight=1.0)
         text = pool.metrics.render().decode()
         assert "# TYPE miningproxy_jobs_sent_total counter" in text
         assert "miningproxy_jobs_sent_total 3.0" in text
         assert pool.metrics.registry.get_sample_value("miningproxy_jobs_sent_total") == 3
-        nursery.cancel_scope.cancel()
