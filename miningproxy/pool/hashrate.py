@@ -12,7 +12,7 @@ from collections import deque
 
 
 class HashrateMeter:
-    __slots__ = ("window", "bucket", "_buckets", "_started", "_total", "_last", "_first_end")
+    __slots__ = ("window", "bucket", "_buckets", "_started", "_total", "_last", "_first_end", "_last_now")
 
     def __init__(self, window: float = 600.0, bucket: float = 10.0) -> None:
         if window <= 0 or bucket <= 0 or bucket > window:
@@ -26,8 +26,15 @@ class HashrateMeter:
         # last share, nothing to expire -- is kept to a few float operations.
         self._last: list[float] | None = None  # the newest bucket
         self._first_end = math.inf  # the oldest bucket's end: nothing expires before window after it
+        # The time of the last add. The shares of one read share their ``now``: the same bucket,
+        # and the expiry already checked for it.
+        self._last_now = math.nan
 
     def add(self, now: float, work: float) -> None:
+        if now == self._last_now:
+            self._last[1] += work  # type: ignore[index]  # set by the add that set _last_now
+            self._total += work
+            return
         if self._started is None:
             self._started = now
         start = now - (now % self.bucket)
@@ -42,6 +49,7 @@ class HashrateMeter:
         self._total += work
         if now - self.window >= self._first_end:
             self._expire(now)
+        self._last_now = now
 
     def _expire(self, now: float) -> None:
         horizon = now - self.window
@@ -54,6 +62,7 @@ class HashrateMeter:
             self._total = 0.0
             self._last = None
             self._first_end = math.inf
+        self._last_now = math.nan  # rate() may expire the bucket the last add went to
 
     def rate(self, now: float) -> float:
         """Hashes per second over the window (or since the first share, when that is shorter)."""

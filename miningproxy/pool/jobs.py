@@ -39,7 +39,7 @@ class Generation:
     node: str
     received_at: float  # trio time
 
-    @property
+    @cached_property
     def tip(self) -> bytes:
         return self.template.parents[0]
 
@@ -58,8 +58,8 @@ class Job:
     or a block needs: the header's midstate, the set of nonces seen, the assembled block."""
 
     __slots__ = (
-        "job_id", "generation", "header", "timestamp", "data", "assembler", "share_weight", "share_target",
-        "block_target", "payout_script", "created_at", "clean", "_hasher", "_seen",
+        "job_id", "generation", "tip", "header", "timestamp", "data", "assembler", "share_weight",
+        "share_target", "block_target", "payout_script", "created_at", "clean", "_hasher", "_seen",
     )  # fmt: skip
 
     def __init__(
@@ -78,6 +78,7 @@ class Job:
     ) -> None:
         self.job_id = job_id
         self.generation = generation
+        self.tip = generation.tip  # the template's first parent: every share compares it
         self.header = header
         self.timestamp = timestamp
         self.data = data

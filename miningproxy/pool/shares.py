@@ -8,6 +8,7 @@ block; only such checked blocks are ever submitted (the node disconnects on inva
 
 from __future__ import annotations
 
+from functools import partial
 from typing import NamedTuple
 
 from hashing.header import NONCE_SIZE
@@ -28,18 +29,22 @@ DUPLICATE = ShareResult(False, "duplicate")
 BAD_NONCE = ShareResult(False, "bad-nonce")
 STORAGE_BUSY = ShareResult(False, "storage-busy")  # the accounting record cannot keep up
 
+# Builds a ShareResult from a full 4-tuple without NamedTuple's Python-level __new__ (per share).
+_result = partial(tuple.__new__, ShareResult)
+
 
 def check_share(job: Job, nonce: int, tip: bytes | None) -> ShareResult:
     """Judge ``nonce`` for ``job``; ``tip`` is the current best block (the current template's
     first parent). A job built on another parent can no longer make a block: it is stale."""
     if not 0 <= nonce <= MAX_NONCE:
         return BAD_NONCE
-    if job.generation.tip != tip:
+    if job.tip != tip:
         return STALE
-    if nonce in job.seen_nonces:
+    seen = job.seen_nonces
+    if nonce in seen:
         return DUPLICATE
     block_hash = job.hasher.hash_nonce_bytes(nonce.to_bytes(NONCE_SIZE, "big"))
     if block_hash >= job.share_target:
-        return ShareResult(False, "invalid-solution", block_hash)
-    job.seen_nonces.add(nonce)
-    return ShareResult(True, "ok", block_hash, block_hash < job.block_target)
+        return _result((False, "invalid-solution", block_hash, False))
+    seen.add(nonce)
+    return _result((True, "ok", block_hash, block_hash < job.block_target))

@@ -31,7 +31,7 @@ from miningproxy.hathor.networks import Network
 from miningproxy.metrics import Metrics
 from miningproxy.pool.stats import MinerId
 from miningproxy.stratum.ban import BanList
-from miningproxy.stratum.framing import LineFramer
+from miningproxy.stratum.framing import Line, LineFramer
 from miningproxy.stratum.metrics import StratumMetrics
 from miningproxy.stratum.readhub import ReadHub
 from miningproxy.stratum.session import LimitHit, Penalty, Session, ShareRejected, WeightUsed
@@ -633,7 +633,10 @@ class _Connection:
             return
         now = trio.current_time()
         for event in self._framer.feed(data):
-            session.receive(event, now)
+            if type(event) is Line:  # the usual event: straight to its handler
+                session.receive_line(event.text, now)
+            else:
+                session.receive(event, now)
             if session.close_reason is not None:
                 break
         if session.close_reason is not None:

@@ -482,21 +482,21 @@ class Session:
             self._send_job(now, clean=True)  # the payout changed: old jobs pay someone else
 
     def _submit(self, params: Any, msgid: Any, now: float) -> None:
-        if self.pool.generation is None:
-            self._error(msgid, m.NODE_SYNCING)
-            return
         job_id: Any = None
         raw_nonce: Any = None
         if isinstance(params, dict):
             job_id, raw_nonce = params.get("job_id"), params.get("nonce")
         elif isinstance(params, list) and len(params) >= 2:
             job_id, raw_nonce = (params[0], params[1]) if len(params) == 2 else (params[1], params[2])
+        # The usual share names a job we hold, spelled as we sent it: the lookup is the check.
+        job = self._jobs.get(job_id) if type(job_id) is str else None
+        if job is None and self.pool.generation is None:  # (a job held means the pool has a template)
+            self._error(msgid, m.NODE_SYNCING)
+            return
         if job_id is None or raw_nonce is None:
             self._penalize(self.settings.ban.garbage, "malformed submit")
             self._error(msgid, m.INVALID_PARAMS, {"params": params, "required": ["job_id", "nonce"]})
             return
-        # The usual share names a job we hold, spelled as we sent it: the lookup is the check.
-        job = self._jobs.get(job_id) if type(job_id) is str else None
         if job is None:
             if not isinstance(job_id, str) or not _JOB_ID.fullmatch(job_id):
                 self._penalize(self.settings.ban.garbage, "malformed job id")

@@ -79,7 +79,8 @@ class Vardiff:
         if job_sent_at < self._changed_at or self._effective is None:
             return None
         self._shares += 1
-        self._integrate(now)
+        if now > self._total_at:  # the shares of one read share their now: integrated once
+            self._integrate(now)
         self._last_counted = now
         self._gap_mark = self._total
         s = self.settings
