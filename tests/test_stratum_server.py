@@ -16,7 +16,7 @@ from miningproxy.hathor.block import parse_block
 from miningproxy.latest import LatestValue
 from miningproxy.metrics import Metrics
 from miningproxy.pool.service import PoolService, WorkSignal
-from miningproxy.stratum.server import StratumServer
+from miningproxy.stratum.server import FAN_OUT_BATCH, StratumServer
 from miningproxy.stratum.settings import BanSettings, VardiffSettings
 from tests.hathor_vectors import PRIVATENET_ADDRESS
 from tests.stream_support import receive_or_eof
@@ -272,6 +272,35 @@ async def test_a_rig_that_never_reads_is_cut_off_while_others_still_get_jobs():
         assert hits == 1.0
         await h.new_tip()
         assert (await good.job())["clean"] is True
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_new_tip_reaches_every_rig_of_a_fan_out_of_several_batches_once():
+    """The fan-out builds a batch of jobs, then writes them: across batches, each rig gets one
+    clean job for the new tip, unique to it, and the pool hears of every delivery (its broadcast
+    latency is observed once, when the last rig has its job)."""
+    count = 2 * FAN_OUT_BATCH + 7
+    async with trio.open_nursery() as nursery:
+        h = await start(nursery, max_per_ip=count)
+        rigs = [await Client.connect(h.port) for _ in range(count)]
+        for rig in rigs:
+            await rig.subscribe()
+        observed = h.metric("miningproxy_job_broadcast_latency_seconds_count") or 0.0
+        await h.new_tip()
+        jobs = [await rig.job() for rig in rigs]
+        assert all(job["clean"] is True and job["parent_hash"] == OTHER_TIP.parents[0].hex() for job in jobs)
+        assert len({job["job_id"] for job in jobs}) == len({job["data"] for job in jobs}) == count
+        await wait_for(lambda: h.metric("miningproxy_job_broadcast_latency_seconds_count") == observed + 1)
+        extra: list[Any] = []
+
+        async def nothing_more(rig: Client) -> None:
+            with trio.move_on_after(0.2):
+                extra.append(await rig.line())
+
+        async with trio.open_nursery() as quiet:
+            for rig in rigs:
+                quiet.start_soon(nothing_more, rig)
+        assert extra == []
         nursery.cancel_scope.cancel()
 
 

@@ -196,7 +196,8 @@ class JobFactory:
         assembler = self._assemblers.get(payout_script) or self._assembler(payout_script)
         graph_hash = _sha256(assembler.graph_head(timestamp, self._data_len) + data).digest()
         block_weight = generation.template.weight
-        share_weight = min(share_weight, block_weight) if share_weight > 0 else block_weight
+        if not 0 < share_weight < block_weight:  # (a NaN weight means the block weight too)
+            share_weight = block_weight
         return Job(
             id_bytes.hex(),
             generation,

@@ -377,6 +377,11 @@ class StratumServer:
         """After the session took input: act on its events and wake the connection's tasks
         (the timer only if ``timer``: pass False when the input cannot have brought the
         session's next deadline forward)."""
+        self._settle(conn)
+        conn.wake(timer=timer)
+
+    def _settle(self, conn: _Connection) -> None:
+        """Act on what the session's input changed: its miner, its being a consumer, its events."""
         session = conn.session
         if session.subscribed and session.miner is not conn.miner:
             self._count_miner(conn, session.miner)
@@ -392,7 +397,6 @@ class StratumServer:
                 self.metrics.shares.labels("rejected", event.reason).inc()
             elif isinstance(event, LimitHit):
                 self._limit_hit(event.limit, session.peer, event.detail)
-        conn.wake(timer=timer)
 
     def _penalize(self, conn: _Connection, penalty: Penalty) -> None:
         now = trio.current_time()
@@ -419,12 +423,13 @@ class StratumServer:
             connections = list(self._connections)
             for start in range(0, len(connections), FAN_OUT_BATCH):
                 now = trio.current_time()
-                batch = connections[start : start + FAN_OUT_BATCH]
                 # A batch's jobs are built first and written after: each write's system call
                 # runs the kernel's whole TCP path, and keeping the two loops apart keeps each
                 # one's code and data in the CPU's caches (bench.fanout, 1,000 rigs: p99 75-85
-                # ms interleaved, 36-47 ms apart).
-                for conn in batch:
+                # ms interleaved, 36-47 ms apart). The build loop also settles each rig's
+                # bookkeeping and takes its bytes, so the write loop is little but the writes.
+                writes: list[tuple[_Connection, bytes, int]] = []
+                for conn in connections[start : start + FAN_OUT_BATCH]:
                     try:
                         if conn.session.new_work(signal.clean, now):
                             conn.job_queued(signal)
@@ -434,10 +439,17 @@ class StratumServer:
                         )
                         conn.session.close("internal error")
                         conn.kill()
-                for conn in batch:
+                    self._settle(conn)
                     # new_work never brings the session's next deadline forward (a job only
                     # pushes job_interval back), so the timer sleeps on undisturbed.
-                    self._after(conn, timer=False)
+                    out = conn.take_output()
+                    if type(out) is tuple:
+                        writes.append((conn, *out))
+                    elif not out:
+                        conn.wake_writer()
+                for conn, data, taken in writes:
+                    if not conn.send_output(data, taken):
+                        conn.wake_writer()
                 await trio.lowlevel.checkpoint()
 
 
@@ -487,6 +499,9 @@ class _Connection:
         if deadline is None or deadline < self._timer_deadline:
             self._timer_wake.set()
 
+    def wake_writer(self) -> None:
+        self._writer_wake.set()
+
     def job_queued(self, signal: Any) -> None:
         """A job for ``signal`` is queued; the pool hears when it is written. A clean signal is
         kept over later refreshes: the newer job written also answers it."""
@@ -497,6 +512,15 @@ class _Connection:
         """Write what the session queued straight to the socket when that can neither reorder
         bytes nor block: plain TCP, the writer idle, no "ok" in it that must wait for the pool's
         record. True when nothing is left for the writer."""
+        out = self.take_output()
+        if type(out) is tuple:
+            return self.send_output(*out)
+        return out  # type: ignore[return-value]
+
+    def take_output(self) -> tuple[bytes, int] | bool:
+        """:meth:`flush_now`'s first half: the queued bytes to write at once with the jobs they
+        take, or, when there is nothing to write now, whether nothing is left for the writer.
+        Send the bytes with :meth:`send_output` before anything else can write to this rig."""
         session = self.session
         if not self._direct or self._writing or self._unsent or session.close_reason is not None:
             return False
@@ -521,10 +545,15 @@ class _Connection:
         else:
             data = session.data_to_send()
             taken = session.last_job_taken
+        return data, taken
+
+    def send_output(self, data: bytes, taken: int) -> bool:
+        """:meth:`flush_now`'s second half: write what :meth:`take_output` took; True when the
+        socket took it all (else the writer must send the rest)."""
         try:
             sent = self._send_now(data)
         except (trio.ClosedResourceError, OSError) as exc:
-            session.close(f"send failed: {exc!r}")
+            self.session.close(f"send failed: {exc!r}")
             return False
         if sent < len(data):  # the socket is full: the writer waits for room
             self._unsent, self._unsent_taken = data[sent:], taken

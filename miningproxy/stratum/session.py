@@ -658,24 +658,30 @@ class Session:
             )
         except LookupError:
             return  # no template (cannot happen once subscribed; the pool never forgets its template)
-        self.vardiff.ceiling = job.block_weight
-        self.vardiff.job_sent(job.share_weight, now)
-        self._jobs[job.job_id] = job
-        while len(self._jobs) > self.settings.job_history:
-            old, _ = self._jobs.popitem(last=False)
-            self._expired[old] = None
-            while len(self._expired) > EXPIRED_HISTORY:
-                self._expired.popitem(last=False)
+        weight = job.share_weight
+        vardiff = self.vardiff
+        vardiff.ceiling = job.generation.template.weight
+        vardiff.job_sent(weight, now)
+        jobs = self._jobs
+        jobs[job.job_id] = job
+        if len(jobs) > self.settings.job_history:
+            expired = self._expired
+            while len(jobs) > self.settings.job_history:
+                expired[jobs.popitem(last=False)[0]] = None
+            while len(expired) > EXPIRED_HISTORY:
+                expired.popitem(last=False)
         self._current = job
         self._last_job_at = now
-        if job.share_weight != self._last_weight:
-            self._last_weight = job.share_weight
-            self._events.append(WeightUsed(job.share_weight))
+        if weight != self._last_weight:
+            self._last_weight = weight
+            self._events.append(WeightUsed(weight))
         self.jobs_queued += 1
-        line = m.job_format(NONCE_SIZE, float(job.share_weight), clean, job.parent_hash) % (
+        msgid = self._seq
+        self._seq = msgid + 1
+        line = m.job_format(NONCE_SIZE, float(weight), clean, job.generation.tip_hex) % (
             job.header.hex(),
             job.job_id,
-            self._next_id(),
+            msgid,
         )
         self._push_line(line.encode("ascii"), job=True)
 

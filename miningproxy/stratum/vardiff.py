@@ -111,9 +111,10 @@ class Vardiff:
     # --- the controller ------------------------------------------------------------------------
 
     def _integrate(self, now: float) -> None:
-        if self._effective is not None and now > self._total_at:
-            self._total += (now - self._total_at) / 2.0**self._effective
-        self._total_at = max(self._total_at, now)
+        if now > self._total_at:
+            if self._effective is not None:
+                self._total += (now - self._total_at) / 2.0**self._effective
+            self._total_at = now
 
     def _exposure_since(self, mark: float, now: float) -> float:
         assert self._effective is not None
