@@ -56,8 +56,9 @@ class Vardiff:
 
     @property
     def weight(self) -> float:
-        """The weight for the next job."""
-        return min(self._weight, self.ceiling)
+        """The weight for the next job: min(weight, ceiling), without the builtin's call."""
+        weight, ceiling = self._weight, self.ceiling
+        return ceiling if ceiling < weight else weight
 
     def ramping(self, now: float) -> bool:
         return now - self.connected_at < self.settings.ramp_time
