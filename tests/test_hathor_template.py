@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from miningproxy.hathor.block import TxOutput
-from miningproxy.hathor.template import FIELDS, BlockTemplate, TemplateError, parse_templates
+from miningproxy.hathor.template import FIELDS, BlockTemplate, TemplateError, json_copy, parse_templates
 
 REAL = template_dicts()
 BASE = REAL[0]
@@ -69,6 +69,32 @@ def test_to_json_is_a_copy() -> None:
     out = t.to_json()
     out["versions"].append(99)
     assert t.to_json() == BASE
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+def _containers(value, out):
+    if isinstance(value, (dict, list, tuple)):
+        out.append(value)
+        for item in value.values() if isinstance(value, dict) else value:
+            _containers(item, out)
+    return out
+
+
+@given(_JSON | st.tuples(st.lists(st.integers(), max_size=3), _JSON))
+def test_json_copy_is_an_equal_copy_that_shares_no_container(value) -> None:
+    """The template's raw dict is copied with json_copy, not copy.deepcopy (a notify each time):
+    equal to the original, and no list or dict of it shared (a tuple holding one is deep-copied
+    as copy.deepcopy does)."""
+    copied = json_copy(value)
+    assert copied == value == copy.deepcopy(value)
+    originals = {id(c) for c in _containers(value, []) if not isinstance(c, tuple)}
+    assert not originals & {id(c) for c in _containers(copied, [])}
 
 
 def test_direct_construction_builds_the_json() -> None:

@@ -47,6 +47,19 @@ def _show(value: Any) -> str:
     return text if len(text) <= 60 else text[:57] + "..."
 
 
+def json_copy(value: Any) -> Any:
+    """A deep copy of decoded JSON (dicts, lists, scalars); anything else goes to copy.deepcopy.
+    A template's dict is copied on every notify: this skips deepcopy's memo for the usual shape."""
+    kind = type(value)
+    if kind is dict:
+        return {key: json_copy(item) for key, item in value.items()}
+    if kind is list:
+        return [json_copy(item) for item in value]
+    if kind is str or kind is int or kind is float or kind is bool or value is None:
+        return value
+    return copy.deepcopy(value)
+
+
 def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
@@ -204,7 +217,7 @@ class BlockTemplate:
             height=obj["height"],
             score=obj["score"],
             signal_bits=obj["signal_bits"],
-            raw=copy.deepcopy(dict(obj)),
+            raw=json_copy(dict(obj)),
         )
         return template
 
@@ -227,7 +240,7 @@ class BlockTemplate:
         }
         if self.raw is None:
             return built
-        out = copy.deepcopy(dict(self.raw))
+        out = json_copy(dict(self.raw))
         for name, value in built.items():
             if out.get(name) != value:  # 8 == 8.0: the node's int form is kept
                 out[name] = value
