@@ -285,6 +285,9 @@ async def test_a_new_tip_reaches_every_rig_of_a_fan_out_of_several_batches_once(
         rigs = [await Client.connect(h.port) for _ in range(count)]
         for rig in rigs:
             await rig.subscribe()
+        # The fan-out walks the rigs in connection order: the oldest get their jobs first.
+        ports = [rig.stream.socket.getsockname()[1] for rig in rigs]
+        assert [int(s.peer.rsplit(":", 1)[1]) for s in h.server.sessions()] == ports
         observed = h.metric("miningproxy_job_broadcast_latency_seconds_count") or 0.0
         await h.new_tip()
         jobs = [await rig.job() for rig in rigs]

@@ -87,7 +87,9 @@ class StratumServer:
         self.bans = BanList(settings.ban)
         self.ports: list[int] = []  # bound plain ports, once running
         self.tls_ports: list[int] = []
-        self._connections: set[_Connection] = set()
+        # In connection order (a dict, not a set): the fan-out walks the rigs' objects in the order
+        # they were allocated, and the oldest rigs get their jobs first.
+        self._connections: dict[_Connection, None] = {}
         self._per_ip: Counter[str] = Counter()
         self._miners: Counter[MinerId] = Counter()  # live subscribed connections per miner
         self._accepting = trio.CancelScope()
@@ -220,7 +222,7 @@ class StratumServer:
             self.pool, self.settings, self.network, payout_mode=self.payout_mode, peer=f"{ip}:{port}", now=now
         )
         conn = _Connection(self, stream, session, ip)
-        self._connections.add(conn)
+        self._connections[conn] = None
         self._per_ip[ip] += 1
         self.metrics.rigs.inc()
         log.debug("rig connected from %s:%d", ip, port)
@@ -238,7 +240,7 @@ class StratumServer:
             log.exception("rig %s: unexpected error; closing its connection", session.peer)
             session.close("internal error")
         finally:
-            self._connections.discard(conn)
+            self._connections.pop(conn, None)
             self._stop_awaiting_record(conn)
             self._per_ip[ip] -= 1
             if self._per_ip[ip] <= 0:
