@@ -456,6 +456,13 @@ class StratumServer:
 
 
 class _Connection:
+    # Slotted, like Session: one per rig, touched by every fan-out.
+    __slots__ = (
+        "_direct", "_framer", "_held", "_hub_fd", "_killed", "_reading", "_scope", "_timer_deadline",
+        "_timer_wake", "_undelivered", "_unsent", "_unsent_taken", "_writer_wake", "_writing",
+        "consumer", "ip", "miner", "server", "session", "stream",
+    )  # fmt: skip
+
     def __init__(self, server: StratumServer, stream: trio.abc.Stream, session: Session, ip: str) -> None:
         self.server = server
         self.stream = stream
