@@ -39,7 +39,7 @@ import json
 import math
 import re
 from collections import Counter, OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -174,12 +174,12 @@ class Session:
     # Slotted: one per rig, and the fan-out touches every rig's on every block (attributes at
     # fixed offsets in the object, no per-instance dict: less memory, fewer cache misses).
     __slots__ = (
-        "_awaiting_address_until", "_current", "_events", "_expired", "_handlers", "_jobs",
+        "_awaiting_address_until", "_current", "_events", "_expired", "_jobs",
         "_last_job_at", "_last_weight", "_miner", "_outbox", "_outbox_bytes", "_pending_version",
         "_seq", "_unsynced_accepts", "_version_asked", "accepted", "address", "blocks",
         "client_version", "close_reason", "connected_at", "jobs_queued", "last_job_taken",
         "last_share_at", "meter", "network", "peer", "pool", "rejected", "settings", "shutting_down",
-        "solo", "subscribed", "supported_methods", "user_agent", "vardiff", "version_rtt", "worker",
+        "solo", "subscribed", "user_agent", "vardiff", "version_rtt", "worker",
     )  # fmt: skip
 
     def __init__(
@@ -232,24 +232,6 @@ class Session:
         self.last_job_taken = 0  # jobs_queued as of the last data_to_send() that carried a job
         self._pending_version: dict[int, float] = {}
         self._version_asked = False
-        self._handlers = {
-            "subscribe": self._subscribe,
-            "mining.subscribe": self._subscribe,
-            "login": self._subscribe,
-            "authorize": self._authorize,
-            "mining.authorize": self._authorize,
-            "submit": self._submit,
-            "mining.submit": self._submit,
-            "configure": self._configure,
-            "mining.configure": self._configure,
-            "multi_version": self._true,
-            "mining.multi_version": self._true,
-            "mining.extranonce.subscribe": self._true,
-            "mining.suggest_difficulty": self._true,  # cgminer may send it; the weight is ours to pick
-            "mining.suggest_target": self._true,
-            "mining.ping": self._pong,
-        }
-        self.supported_methods = sorted(self._handlers)
 
     # --- identity and state --------------------------------------------------------------------
 
@@ -376,15 +358,15 @@ class Session:
             msgid = None  # 1e999 parses as infinity, which JSON cannot carry back
         if "method" in message:
             method = message["method"]
-            handler = self._handlers.get(method) if isinstance(method, str) else None
+            handler = _HANDLERS.get(method) if isinstance(method, str) else None
             if handler is not None:
-                handler(message.get("params"), msgid, now)
+                handler(self, message.get("params"), msgid, now)
             elif not isinstance(method, str):
                 self._penalize(self.settings.ban.garbage, "method is not a string")
                 self._error(msgid, m.INVALID_REQUEST, {"message": "method must be a string"})
             else:
                 self._error(
-                    msgid, m.METHOD_NOT_FOUND, {"method": method, "supported_methods": self.supported_methods}
+                    msgid, m.METHOD_NOT_FOUND, {"method": method, "supported_methods": SUPPORTED_METHODS}
                 )
         elif "result" in message or "error" in message:
             self._response(message, now)
@@ -753,3 +735,25 @@ def _is_address_elsewhere(text: str) -> bool:
     except AddressError:
         return False
     return True
+
+
+# The methods a rig may call, by name (one table for every session: a per-session dict of bound
+# methods cost ~1.8 KiB per rig).
+_HANDLERS: dict[str, Callable[[Session, Any, Any, float], None]] = {
+    "subscribe": Session._subscribe,
+    "mining.subscribe": Session._subscribe,
+    "login": Session._subscribe,
+    "authorize": Session._authorize,
+    "mining.authorize": Session._authorize,
+    "submit": Session._submit,
+    "mining.submit": Session._submit,
+    "configure": Session._configure,
+    "mining.configure": Session._configure,
+    "multi_version": Session._true,
+    "mining.multi_version": Session._true,
+    "mining.extranonce.subscribe": Session._true,
+    "mining.suggest_difficulty": Session._true,  # cgminer may send it; the weight is ours to pick
+    "mining.suggest_target": Session._true,
+    "mining.ping": Session._pong,
+}
+SUPPORTED_METHODS = tuple(sorted(_HANDLERS))
