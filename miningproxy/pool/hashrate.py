@@ -8,7 +8,6 @@ memory is one float per bucket whatever the share rate.
 from __future__ import annotations
 
 import math
-from collections import deque
 
 
 class HashrateMeter:
@@ -19,7 +18,10 @@ class HashrateMeter:
             raise ValueError("need 0 < bucket <= window")
         self.window = window
         self.bucket = bucket
-        self._buckets: deque[list[float]] = deque()  # [bucket start, work]
+        # [bucket start, work], oldest first. A list, not a deque: at most window / bucket entries
+        # (60 by default), and an empty deque costs ~700 bytes more, twice per rig (its session's
+        # meter and its miner's).
+        self._buckets: list[list[float]] = []
         self._started: float | None = None
         self._total = 0.0
         # Called for every share (three meters each), so the common case -- same bucket as the
@@ -54,8 +56,12 @@ class HashrateMeter:
     def _expire(self, now: float) -> None:
         horizon = now - self.window
         buckets = self._buckets
-        while buckets and buckets[0][0] + self.bucket <= horizon:
-            self._total -= buckets.popleft()[1]
+        gone = 0
+        while gone < len(buckets) and buckets[gone][0] + self.bucket <= horizon:
+            self._total -= buckets[gone][1]
+            gone += 1
+        if gone:
+            del buckets[:gone]
         if buckets:
             self._first_end = buckets[0][0] + self.bucket
         else:
