@@ -123,10 +123,6 @@ class Job:
     def block_weight(self) -> float:
         return self.generation.template.weight
 
-    @property
-    def parent_hash(self) -> str:
-        return self.generation.tip_hex
-
     def __repr__(self) -> str:
         return f"Job({self.job_id}, height={self.generation.template.height}, weight={self.share_weight:g})"
 

@@ -445,7 +445,7 @@ class StratumServer:
                     # new_work never brings the session's next deadline forward (a job only
                     # pushes job_interval back), so the timer sleeps on undisturbed.
                     out = conn.take_output()
-                    if type(out) is tuple:
+                    if isinstance(out, tuple):
                         writes.append((conn, *out))
                     elif not out:
                         conn.wake_writer()
@@ -522,9 +522,9 @@ class _Connection:
         bytes nor block: plain TCP, the writer idle, no "ok" in it that must wait for the pool's
         record. True when nothing is left for the writer."""
         out = self.take_output()
-        if type(out) is tuple:
+        if isinstance(out, tuple):
             return self.send_output(*out)
-        return out  # type: ignore[return-value]
+        return out
 
     def take_output(self) -> tuple[bytes, int] | bool:
         """:meth:`flush_now`'s first half: the queued bytes to write at once with the jobs they
