@@ -9,7 +9,17 @@ from __future__ import annotations
 import json
 import socket
 
-from bench import against, connections, event_replay, fanout, report, rigsim, share_path, submit_latency
+from bench import (
+    against,
+    connections,
+    event_replay,
+    fanout,
+    inproc,
+    report,
+    rigsim,
+    share_path,
+    submit_latency,
+)
 from bench.common import Child, percentile
 
 
@@ -19,6 +29,19 @@ def test_percentile_is_nearest_rank() -> None:
     assert percentile(values, 99) == 99.0
     assert percentile(values, 100) == 100.0
     assert percentile([3.0], 99) == 3.0
+
+
+def test_inproc_times_shares_and_jobs(capsys) -> None:
+    """The in-process A/B tool: every share it feeds is accepted (it raises otherwise), each
+    scenario prints its figure, and the dry run (valgrind's baseline) measures nothing."""
+    assert inproc.main(["share", "--count", "200"]) == 0
+    share = json.loads(capsys.readouterr().out)
+    assert share["shares"] == 200 and 0 < share["us_min"] <= share["us_median"]
+    assert inproc.main(["job", "--sessions", "20", "--rounds", "3"]) == 0
+    job = json.loads(capsys.readouterr().out)
+    assert job["sessions"] == 20 and 0 < job["us_min"] <= job["us_median"]
+    assert inproc.main(["share", "--count", "50", "--dry"]) == 0
+    assert "us_min" not in json.loads(capsys.readouterr().out)
 
 
 def test_share_path_runs_against_echo_and_the_proxy() -> None:

@@ -1,0 +1,202 @@
+"""In-process costs of the share path and the job build: for A/B runs between two commits.
+
+``python -m bench.inproc share [--count N]`` feeds N valid shares, 32 lines per read, through one
+Session (LineFramer, Session.receive, the real PoolService judging and crediting them) and prints
+the µs per share of the fastest and the median of six chunks.
+
+``python -m bench.inproc job [--sessions S] [--rounds R]`` gives S subscribed sessions a new
+template R times and times each round's ``new_work`` + ``take_events`` + ``data_to_send`` for all
+of them (what the fan-out builds per rig, without the sockets): µs per rig, fastest and median.
+
+``--instructions`` runs the same scenario under valgrind (``--tool=callgrind``) twice, once whole
+and once without the measured loop, and prints the difference per share or per rig job. A count
+of executed instructions does not move with the machine's load, so two commits can be compared
+on a busy machine; it does not see cache misses or the system calls the real servers make, so it
+complements the figures of ``make bench``, it does not replace them.
+
+No sockets and no other process: the figures in docs/BENCHMARKS.md measure the proxy as rigs
+meet it; these measure what the code itself costs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import trio
+
+from bench.common import PRIVATENET_ADDRESS
+from bench.servers import FakeUpstream, fake_template
+
+ROOT = Path(__file__).resolve().parent.parent
+READ_LINES = 32  # lines per read, as at 1 connection in figure 1
+SHARE_WEIGHT = 0.1  # as in figure 1: a valid nonce every ~1.07 hashes
+JOB_WEIGHT = 16.0  # as in figure 2
+
+
+async def _pool(nursery: trio.Nursery) -> Any:
+    from miningproxy.metrics import Metrics
+    from miningproxy.pool.service import PoolService
+
+    upstream = FakeUpstream()
+    pool = PoolService(
+        upstream=upstream, address=PRIVATENET_ADDRESS, tag="bench", job_refresh=300.0, metrics=Metrics()
+    )
+    await nursery.start(upstream.run)
+    await nursery.start(pool.run)
+    _publish(upstream, 60.0)
+    while pool.generation is None:
+        await trio.sleep(0.001)
+    return pool, upstream
+
+
+def _publish(upstream: Any, block_weight: float) -> None:
+    template = fake_template(block_weight)
+    upstream.templates.publish(
+        SimpleNamespace(node="bench", templates=[template], received_at=trio.current_time())
+    )
+
+
+def _session(pool: Any, weight: float) -> Any:
+    from miningproxy.hathor.networks import network_for_name
+    from miningproxy.stratum.session import Session
+    from miningproxy.stratum.settings import StratumSettings, VardiffSettings
+
+    settings = StratumSettings(
+        listen=("127.0.0.1", 0),
+        vardiff=VardiffSettings(initial_weight=weight, min_weight=weight, max_weight=weight),
+    )
+    session = Session(pool, settings, network_for_name("privatenet"), peer="bench", now=trio.current_time())
+    subscribe = {"id": 1, "method": "subscribe", "params": {"address": PRIVATENET_ADDRESS}}
+    session.receive_line(json.dumps(subscribe), trio.current_time())
+    if not session.mining:
+        raise RuntimeError(f"the session did not start mining: {session.data_to_send()!r}")
+    session.data_to_send()
+    session.take_events()
+    return session
+
+
+async def _share(count: int, dry: bool) -> dict[str, Any]:
+    from miningproxy.stratum.framing import LineFramer
+
+    async with trio.open_nursery() as nursery:
+        pool, _ = await _pool(nursery)
+        session = _session(pool, SHARE_WEIGHT)
+        job = session.current_job
+        nonces: list[int] = []
+        nonce = 0
+        while len(nonces) < count:  # mined here, outside the measured loop
+            nonce += 1
+            if job.hasher.hash_nonce_bytes(nonce.to_bytes(16, "big")) < job.share_target:
+                nonces.append(nonce)
+        lines = [
+            f'{{"id":{i},"method":"submit","params":{{"job_id":"{job.job_id}","nonce":"{n:032x}"}}}}\n'
+            for i, n in enumerate(nonces, start=10)
+        ]
+        reads = ["".join(lines[i : i + READ_LINES]).encode() for i in range(0, count, READ_LINES)]
+        result: dict[str, Any] = {"scenario": "share", "shares": count}
+        if not dry:
+            framer = LineFramer(session.settings.max_line)
+            chunk = max(1, len(reads) // 6)
+            per_share = []
+            for start in range(0, len(reads), chunk):
+                began = time.perf_counter()
+                for data in reads[start : start + chunk]:
+                    now = trio.current_time()
+                    for event in framer.feed(data):
+                        session.receive(event, now)
+                    session.data_to_send()
+                    session.take_events()
+                    session.take_unsynced_accepts()
+                done = sum(data.count(b"\n") for data in reads[start : start + chunk])
+                per_share.append((time.perf_counter() - began) / done * 1e6)
+            if session.accepted != count:
+                raise RuntimeError(f"{session.accepted} of {count} shares accepted: {dict(session.rejected)}")
+            result.update(us_min=min(per_share), us_median=statistics.median(per_share))
+        nursery.cancel_scope.cancel()
+    return result
+
+
+async def _job(sessions: int, rounds: int, dry: bool) -> dict[str, Any]:
+    async with trio.open_nursery() as nursery:
+        pool, upstream = await _pool(nursery)
+        clients = [_session(pool, JOB_WEIGHT) for _ in range(sessions)]
+        result: dict[str, Any] = {"scenario": "job", "sessions": sessions, "rounds": rounds}
+        per_rig = []
+        for round_ in range(0 if dry else rounds):
+            _publish(upstream, 60.0 + round_ + 1)  # a new tip: every session gets a clean job
+            seen = pool.generation
+            while pool.generation is seen:
+                await trio.sleep(0)
+            now = trio.current_time()
+            began = time.perf_counter()
+            for session in clients:
+                session.new_work(True, now)
+                session.take_events()
+                session.data_to_send()
+            per_rig.append((time.perf_counter() - began) / sessions * 1e6)
+        if per_rig:
+            kept = per_rig[1:] or per_rig  # the first round also warms the caches up
+            result.update(us_min=min(kept), us_median=statistics.median(kept))
+        nursery.cancel_scope.cancel()
+    return result
+
+
+def instructions(argv: list[str]) -> dict[str, Any]:
+    """The scenario's instructions per unit: valgrind on the whole run minus a dry run."""
+    valgrind = shutil.which("valgrind")
+    if valgrind is None:
+        raise SystemExit("--instructions needs valgrind (apt install valgrind)")
+    counts = []
+    for extra in ([], ["--dry"]):
+        command = [valgrind, "--tool=callgrind", "--callgrind-out-file=/dev/null", sys.executable]
+        command += ["-m", "bench.inproc", *argv, *extra]
+        run = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, check=False)
+        found = re.search(r"Collected : (\d+)", run.stderr)
+        if run.returncode != 0 or found is None:
+            raise SystemExit(f"valgrind run failed ({run.returncode}): {run.stderr[-2000:]}")
+        counts.append(int(found.group(1)))
+    args = _parser().parse_args(argv)
+    units = args.count if args.scenario == "share" else args.sessions * args.rounds
+    return {
+        "scenario": args.scenario,
+        "instructions_per_unit": round((counts[0] - counts[1]) / units),
+        "unit": "share" if args.scenario == "share" else "rig job",
+    }
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("scenario", choices=("share", "job"))
+    parser.add_argument("--count", type=int, default=30_000, help="shares (share)")
+    parser.add_argument("--sessions", type=int, default=1000, help="sessions (job)")
+    parser.add_argument("--rounds", type=int, default=10, help="new templates (job)")
+    parser.add_argument("--instructions", action="store_true", help="count instructions with valgrind")
+    parser.add_argument("--dry", action="store_true", help=argparse.SUPPRESS)  # the set-up only
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = _parser().parse_args(argv)
+    if args.instructions:
+        result = instructions([a for a in argv if a != "--instructions"])
+    elif args.scenario == "share":
+        result = trio.run(_share, args.count, args.dry)
+    else:
+        result = trio.run(_job, args.sessions, args.rounds, args.dry)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
