@@ -133,7 +133,7 @@ async def _job(sessions: int, rounds: int, dry: bool) -> dict[str, Any]:
         result: dict[str, Any] = {"scenario": "job", "sessions": sessions, "rounds": rounds}
         per_rig = []
         for round_ in range(0 if dry else rounds):
-            _publish(upstream, 60.0 + round_ + 1)  # a new tip: every session gets a clean job
+            _publish(upstream, 60.0 + round_ + 1)  # a new template (another block weight), as on a new block
             seen = pool.generation
             while pool.generation is seen:
                 await trio.sleep(0)
