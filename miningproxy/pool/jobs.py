@@ -111,9 +111,7 @@ class Job:
     @property
     def assembled(self) -> AssembledBlock:
         """The job's block, for any nonce (made when a share meets the block weight: rarely)."""
-        a = self.assembler
-        graph = a.graph_head(self.timestamp, len(self.data)) + self.data
-        return AssembledBlock(self.header, self.timestamp, self.data, graph, a)
+        return self.assembler.build(self.timestamp, self.data)
 
     @property
     def template(self) -> BlockTemplate:
