@@ -1,8 +1,11 @@
 """In-process costs of the share path and the job build: for A/B runs between two commits.
 
-``python -m bench.inproc share [--count N]`` feeds N valid shares, 32 lines per read, through one
-Session (LineFramer, Session.receive, the real PoolService judging and crediting them) and prints
-the µs per share of the fastest and the median of six chunks.
+``python -m bench.inproc share [--count N] [--record]`` feeds N valid shares, 32 lines per read,
+through one Session (LineFramer, Session.receive, the real PoolService judging and crediting them)
+and prints the µs per share of the fastest and the median of six chunks. ``--record`` adds the
+pool's durable record (SQLite in a temporary directory, ``synchronous=full``, as deployed) and
+waits for each read's commit before taking the replies, as the server does; the µs are then the
+event loop thread's CPU time (``time.thread_time``), without the writer thread and the fsync.
 
 ``python -m bench.inproc job [--sessions S] [--rounds R]`` gives S subscribed sessions a new
 template R times and times each round's ``new_work`` + ``take_events`` + ``data_to_send`` for all
@@ -27,6 +30,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -85,11 +89,28 @@ def _session(pool: Any, weight: float) -> Any:
     return session
 
 
-async def _share(count: int, dry: bool) -> dict[str, Any]:
+async def _record(nursery: trio.Nursery, pool: Any, directory: str) -> Any:
+    """The pool's durable record, as bench.servers --record sets it up."""
+    from miningproxy.events.feed import EventFeed
+    from miningproxy.events.log import EventLog
+    from miningproxy.events.pool_events import POOL_SEQ, PoolEvents, open_pool_stream
+
+    event_log = EventLog(Path(directory) / "events.sqlite3", synchronous="full")
+    open_pool_stream(event_log, "privatenet")
+    events = PoolEvents(EventFeed(event_log, POOL_SEQ))
+    await nursery.start(events.run)
+    pool.events = events
+    return events
+
+
+async def _share(count: int, dry: bool, record: bool = False) -> dict[str, Any]:
     from miningproxy.stratum.framing import LineFramer
 
     async with trio.open_nursery() as nursery:
         pool, _ = await _pool(nursery)
+        directory = tempfile.TemporaryDirectory()
+        events = await _record(nursery, pool, directory.name) if record else None
+        clock = time.thread_time if record else time.perf_counter
         session = _session(pool, SHARE_WEIGHT)
         job = session.current_job
         nonces: list[int] = []
@@ -103,26 +124,29 @@ async def _share(count: int, dry: bool) -> dict[str, Any]:
             for i, n in enumerate(nonces, start=10)
         ]
         reads = ["".join(lines[i : i + READ_LINES]).encode() for i in range(0, count, READ_LINES)]
-        result: dict[str, Any] = {"scenario": "share", "shares": count}
+        result: dict[str, Any] = {"scenario": "share", "shares": count, "record": record}
         if not dry:
             framer = LineFramer(session.settings.max_line)
             chunk = max(1, len(reads) // 6)
             per_share = []
             for start in range(0, len(reads), chunk):
-                began = time.perf_counter()
+                began = clock()
                 for data in reads[start : start + chunk]:
                     now = trio.current_time()
                     for event in framer.feed(data):
                         session.receive(event, now)
+                    if events is not None:
+                        await events.flush()  # the replies' "ok" waits for the commit
                     session.data_to_send()
                     session.take_events()
                     session.take_unsynced_accepts()
                 done = sum(data.count(b"\n") for data in reads[start : start + chunk])
-                per_share.append((time.perf_counter() - began) / done * 1e6)
+                per_share.append((clock() - began) / done * 1e6)
             if session.accepted != count:
                 raise RuntimeError(f"{session.accepted} of {count} shares accepted: {dict(session.rejected)}")
             result.update(us_min=min(per_share), us_median=statistics.median(per_share))
         nursery.cancel_scope.cancel()
+    directory.cleanup()
     return result
 
 
@@ -178,6 +202,7 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("scenario", choices=("share", "job"))
     parser.add_argument("--count", type=int, default=30_000, help="shares (share)")
+    parser.add_argument("--record", action="store_true", help="share: with the durable pool record")
     parser.add_argument("--sessions", type=int, default=1000, help="sessions (job)")
     parser.add_argument("--rounds", type=int, default=10, help="new templates (job)")
     parser.add_argument("--instructions", action="store_true", help="count instructions with valgrind")
@@ -191,7 +216,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.instructions:
         result = instructions([a for a in argv if a != "--instructions"])
     elif args.scenario == "share":
-        result = trio.run(_share, args.count, args.dry)
+        result = trio.run(_share, args.count, args.dry, args.record)
     else:
         result = trio.run(_job, args.sessions, args.rounds, args.dry)
     print(json.dumps(result))

@@ -42,6 +42,10 @@ def test_inproc_times_shares_and_jobs(capsys) -> None:
     assert job["sessions"] == 20 and 0 < job["us_min"] <= job["us_median"]
     assert inproc.main(["share", "--count", "50", "--dry"]) == 0
     assert "us_min" not in json.loads(capsys.readouterr().out)
+    # With the record, every read's events are committed to SQLite before its replies are taken.
+    assert inproc.main(["share", "--count", "100", "--record"]) == 0
+    recorded = json.loads(capsys.readouterr().out)
+    assert recorded["record"] is True and 0 < recorded["us_min"] <= recorded["us_median"]
 
 
 def test_share_path_runs_against_echo_and_the_proxy() -> None:

@@ -102,3 +102,65 @@ def test_share_accepted_records_the_generic_text() -> None:
             "height": 3,
         },
     )
+
+
+share_fields = st.fixed_dictionaries(
+    {
+        "miner": st.sampled_from(["m", "HAddr.rig1", 'rig-ü"\\\n']) | texts,
+        "worker": st.sampled_from(["w", "rig1"]) | texts,
+        "address": st.sampled_from(["a", "HAddr"]),
+        "job_id": st.sampled_from(["j1", "j2"]) | texts,
+        "share_weight": st.sampled_from([0.1, 12.5]) | st.floats(-100.0, 100.0) | st.integers(0, 60),
+        "hash": st.binary(max_size=32) | texts | st.builds(bytearray, st.binary(max_size=8)),
+        "height": st.sampled_from([3, 4]) | ints,
+    }
+)
+
+
+@given(st.lists(share_fields, min_size=1, max_size=12), st.sampled_from([1700000000.25, 1.0, float("inf")]))
+def test_share_accepted_records_the_generic_text_for_every_share_of_a_run(
+    shares: list[dict[str, object]], now: float
+) -> None:
+    # Repeated jobs (the same miner, job and weight) reuse their text around the hash: each event
+    # must still be exactly what the generic encoder writes for its own values.
+    events = PoolEvents(_Feed(), clock=lambda: now)  # type: ignore[arg-type]
+    for fields in shares:
+        event_id = events.share_accepted(**fields)  # type: ignore[arg-type]
+        stored = events._pending[-1]
+        raw = fields["hash"]
+        data = dict(fields, work=str(weight_to_work(fields["share_weight"])))  # type: ignore[arg-type]
+        data["hash"] = raw.hex() if isinstance(raw, bytes | bytearray) else raw
+        data = {
+            key: data[key]
+            for key in ("miner", "worker", "address", "job_id", "share_weight", "work", "hash", "height")
+        }
+        assert stored.text == event_text(event_id, now, POOL_SHARE_ACCEPTED, data)
+
+
+def test_share_accepted_keeps_a_bounded_cache_and_stays_exact(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    from miningproxy.events import pool_events
+
+    monkeypatch.setattr(pool_events, "SHARE_PARTS_CACHE", 8)
+    events = PoolEvents(_Feed(), clock=lambda: 5.5)  # type: ignore[arg-type]
+    for n in range(40):
+        job = f"job{n % 11}"
+        event_id = events.share_accepted(
+            miner="m", worker="w", address="a", job_id=job, share_weight=2.0, hash=bytes([n]), height=n % 3
+        )
+        assert len(events._share_parts) <= 8
+        assert json.loads(events._pending[-1].text) == {
+            "id": event_id,
+            "timestamp": 5.5,
+            "type": POOL_SHARE_ACCEPTED,
+            "data": {
+                "miner": "m",
+                "worker": "w",
+                "address": "a",
+                "job_id": job,
+                "share_weight": 2.0,
+                "work": "4",
+                "hash": bytes([n]).hex(),
+                "height": n % 3,
+            },
+            "group_id": None,
+        }

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import operator
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
@@ -27,6 +28,9 @@ log = logging.getLogger("miningproxy.events")
 
 DEFAULT_CACHE_SIZE = 4096
 DEFAULT_READ_THREADS = 4
+
+# An event's (id, text), as the cache holds it, without a Python step per event (one per share).
+_ID_AND_TEXT = operator.attrgetter("id", "text")
 
 
 class EventFeed:
@@ -129,7 +133,7 @@ class EventFeed:
             if self.first_id is None:
                 self.first_id = events[0].id
             self.last_id = events[-1].id
-            self._cache.extend((e.id, e.text) for e in events)
+            self._cache.extend(map(_ID_AND_TEXT, events))
         self._notify()
 
     async def prune(self, *, keep_count: int | None = None, max_age: float | None = None) -> int:

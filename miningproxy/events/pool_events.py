@@ -54,6 +54,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import trio
@@ -96,6 +97,9 @@ POOL_EVENT_TYPES = (
 )
 
 
+SHARE_PARTS_CACHE = 8192  # jobs whose share text parts are kept: about one per rig's current job
+
+
 class PoolEventsBusy(RuntimeError):
     """Too many events are waiting for the disk: the caller should refuse the work (the disk is stuck)."""
 
@@ -108,6 +112,33 @@ def weight_to_work(weight: float) -> int:
 def event_text(event_id: int, timestamp: float, event_type: str, data: Mapping[str, Any]) -> str:
     """An event object's JSON text, in the node's field order and encoding."""
     return dumps({"id": event_id, "timestamp": timestamp, "type": event_type, "data": data, "group_id": None})
+
+
+def share_event_parts(
+    miner: str, worker: str, address: str, job_id: str, share_weight: float, work: str, height: int
+) -> tuple[str, str] | None:
+    """A ``POOL_SHARE_ACCEPTED`` event's text around its id, timestamp and hash, which are all that
+    change from one share of a job to the next: ``(head, tail)`` such that the event's JSON text is
+    ``'{"id":ID,"timestamp":TS,' + head + HASH + tail``, HASH being the JSON string of the hash.
+    None when a value is of another type than the usual ones (the generic encoder must do it)."""
+    if (
+        type(share_weight) is float
+        and type(height) is int
+        and type(miner) is str
+        and type(worker) is str
+        and type(address) is str
+        and type(job_id) is str
+        and type(work) is str
+        and _finite(share_weight)
+    ):
+        # repr() of a finite float and str() of an int are what the JSON encoder writes.
+        head = (
+            f'"type":"POOL_SHARE_ACCEPTED","data":{{"miner":{_string(miner)},"worker":{_string(worker)},'
+            f'"address":{_string(address)},"job_id":{_string(job_id)},"share_weight":{share_weight!r},'
+            f'"work":{_string(work)},"hash":'
+        )
+        return head, f',"height":{height}}},"group_id":null}}'
+    return None
 
 
 def share_event_text(
@@ -123,29 +154,13 @@ def share_event_text(
     height: int,
 ) -> str:
     """A ``POOL_SHARE_ACCEPTED`` event's JSON text: exactly ``event_text(..., POOL_SHARE_ACCEPTED,
-    data)`` (same bytes), assembled from a template instead of encoding a dict per share (the
-    share path's hottest event). Values of other types than the usual ones take the generic way."""
-    if (
-        type(event_id) is int
-        and type(timestamp) is float
-        and type(share_weight) is float
-        and type(height) is int
-        and type(miner) is str
-        and type(worker) is str
-        and type(address) is str
-        and type(job_id) is str
-        and type(work) is str
-        and type(hash) is str
-        and _finite(timestamp)
-        and _finite(share_weight)
-    ):
-        # repr() of a finite float and str() of an int are what the JSON encoder writes.
-        return (
-            f'{{"id":{event_id},"timestamp":{timestamp!r},"type":"POOL_SHARE_ACCEPTED","data":'
-            f'{{"miner":{_string(miner)},"worker":{_string(worker)},"address":{_string(address)},'
-            f'"job_id":{_string(job_id)},"share_weight":{share_weight!r},"work":{_string(work)},'
-            f'"hash":{_string(hash)},"height":{height}}},"group_id":null}}'
-        )
+    data)`` (same bytes), assembled from :func:`share_event_parts` instead of encoding a dict per
+    share (the share path's hottest event). Values of other types than the usual ones take the
+    generic way."""
+    parts = share_event_parts(miner, worker, address, job_id, share_weight, work, height)
+    if parts is not None and type(event_id) is int and type(timestamp) is float and type(hash) is str:
+        if _finite(timestamp):
+            return f'{{"id":{event_id},"timestamp":{timestamp!r},{parts[0]}{_string(hash)}{parts[1]}'
     return event_text(
         event_id,
         timestamp,
@@ -210,6 +225,8 @@ class PoolEvents:
         self._next_id = feed.last_id + 1
         self._pending: deque[StoredEvent] = deque()
         self._wake = trio.Event()
+        # share_event_parts by (miner, worker, address, job_id, share_weight, height); () for None.
+        self._share_parts: dict[tuple[Any, ...], tuple[str, str] | tuple[()]] = {}
         # Why the last write failed, while writes fail (disk full, read-only): work that needs a
         # record is refused at once instead of piling up behind a disk that takes nothing.
         self.failing: str | None = None
@@ -335,14 +352,30 @@ class PoolEvents:
         hash: bytes | str,
         height: int,
     ) -> int:
-        # record(POOL_SHARE_ACCEPTED, {...}) without the dict: the same text, a lot cheaper.
-        work = str(weight_to_work(share_weight))
-        self._check_room()
+        # record(POOL_SHARE_ACCEPTED, {...}) without the dict: the same text, a lot cheaper. All
+        # but the id, the time and the hash is the same for every share of a job: made once.
+        if self.failing is not None or len(self._pending) >= self.max_pending:
+            self._check_room()
         event_id = self._next_id
         now = self.clock()
-        text = share_event_text(
-            event_id, now, miner, worker, address, job_id, share_weight, work, _hex(hash), height
-        )
+        key = (miner, worker, address, job_id, share_weight, height)
+        parts = self._share_parts.get(key)
+        if parts is None:
+            if len(self._share_parts) >= SHARE_PARTS_CACHE:  # the oldest half go (dicts keep order)
+                for stale in list(islice(self._share_parts, SHARE_PARTS_CACHE // 2)):
+                    del self._share_parts[stale]
+            parts = share_event_parts(
+                miner, worker, address, job_id, share_weight, str(weight_to_work(share_weight)), height
+            )
+            parts = self._share_parts[key] = parts or ()
+        if parts and type(hash) is bytes and type(now) is float and now - now == 0.0:  # (finite)
+            # A hash's hex digits need no JSON escaping.
+            text = f'{{"id":{event_id},"timestamp":{now!r},{parts[0]}"{hash.hex()}"{parts[1]}'
+        else:
+            work = str(weight_to_work(share_weight))
+            text = share_event_text(
+                event_id, now, miner, worker, address, job_id, share_weight, work, _hex(hash), height
+            )
         self._pending.append(StoredEvent(event_id, now, text))
         self._next_id += 1
         self._wake.set()

@@ -17,17 +17,20 @@ from miningproxy.pool.hashrate import HashrateMeter
 class MinerId:
     address: str  # the rig's address (pool mode: for accounting only)
     worker: str  # worker name, e.g. "rig1" or "local-0"
-    # Kept: every share looks its miner up (the generated __hash__ builds a tuple each time).
+    # Kept: every share looks its miner up (the generated __hash__ builds a tuple each time), and
+    # with the pool record on, every share's event names it.
     _hash: int = field(init=False, repr=False, compare=False)
+    _text: str = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "_hash", hash((self.address, self.worker)))
+        object.__setattr__(self, "_text", f"{self.address}.{self.worker}" if self.address else self.worker)
 
     def __hash__(self) -> int:
         return self._hash
 
     def __str__(self) -> str:
-        return f"{self.address}.{self.worker}" if self.address else self.worker
+        return self._text
 
 
 @dataclass
