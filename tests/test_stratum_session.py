@@ -150,6 +150,40 @@ def test_an_unsent_job_is_replaced_by_a_newer_one():
     assert len(sent) == 1 and sent[0]["job_id"] == rig.session.current_job.job_id
 
 
+@given(st.lists(st.sampled_from(["job", "clean job", "ping", "take"]), max_size=30))
+def test_the_outbox_keeps_every_reply_in_order_and_only_the_newest_unsent_job(ops: list[str]) -> None:
+    # Replies are never dropped or reordered; of the jobs queued since the last take, only the
+    # newest goes out, where it was queued among the replies; the rig's delivery bookkeeping
+    # (last_job_taken) moves only with a take that carries a job.
+    rig, _ = subscribed_rig()
+    session = rig.session
+    expected: list[object] = []  # what the next take must hold: ping ids and "job"
+    for op in ops:
+        if op == "take":
+            queued = session.jobs_queued
+            taken_before = session.last_job_taken
+            data = session.data_to_send()
+            lines = [json.loads(line) for line in data.splitlines()]
+            got = ["job" if line.get("method") == "job" else line["id"] for line in lines]
+            assert got == expected
+            if "job" in expected:
+                assert jobs(lines)[0]["job_id"] == session.current_job.job_id
+                assert session.last_job_taken == queued
+            else:
+                assert session.last_job_taken == taken_before
+            assert not session.has_output and session.data_to_send() == b""
+            expected = []
+        elif op == "ping":
+            msgid = len(expected) + 1000 * len(ops)
+            session.receive_line(json.dumps({"id": msgid, "method": "mining.ping"}), 1.0)
+            expected.append(msgid)
+        else:
+            assert session.new_work(op == "clean job", 1.0)
+            expected = [entry for entry in expected if entry != "job"] + ["job"]
+        assert session.has_output == bool(expected)
+    assert session.close_reason is None
+
+
 # --- shares -------------------------------------------------------------------------------------
 
 

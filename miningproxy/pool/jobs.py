@@ -153,6 +153,7 @@ class JobFactory:
         self._second = -math.inf
         self._timestamp = 0
         self._generation: Generation | None = None
+        self.tip: bytes | None = None  # the generation's tip, read for every share
         self._assemblers: dict[bytes, BlockAssembler] = {}
         self._max_assemblers = max_assemblers
 
@@ -162,6 +163,7 @@ class JobFactory:
 
     def set_generation(self, generation: Generation) -> None:
         self._generation = generation
+        self.tip = generation.tip
         self._assemblers.clear()
         self._second = -math.inf
 

@@ -135,8 +135,7 @@ class PoolService:
 
     @property
     def tip(self) -> bytes | None:
-        generation = self.jobs.generation
-        return generation.tip if generation else None
+        return self.jobs.tip
 
     # --- running -------------------------------------------------------------------------------
 
@@ -292,7 +291,7 @@ class PoolService:
         self, miner: MinerId, job: Job, nonce: int, arrived_at: float | None
     ) -> tuple[ShareResult, int | None]:
         arrived_at = trio.current_time() if arrived_at is None else arrived_at
-        result = check_share(job, nonce, self.tip)
+        result = check_share(job, nonce, self.jobs.tip)
         # A block goes upstream first, in this very step; its share's record and every other
         # piece of bookkeeping follow (a block is never held up, or dropped, for them).
         block = self._enqueue_block(miner, job, nonce, result.hash or b"") if result.is_block else None

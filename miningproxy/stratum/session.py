@@ -174,7 +174,7 @@ class Session:
     # Slotted: one per rig, and the fan-out touches every rig's on every block (attributes at
     # fixed offsets in the object, no per-instance dict: less memory, fewer cache misses).
     __slots__ = (
-        "_awaiting_address_until", "_current", "_events", "_expired", "_jobs",
+        "_awaiting_address_until", "_current", "_events", "_expired", "_job_at", "_jobs",
         "_last_job_at", "_last_weight", "_miner", "_outbox", "_outbox_bytes", "_pending_version",
         "_seq", "_unsynced_accepts", "_version_asked", "accepted", "address", "blocks",
         "client_version", "close_reason", "connected_at", "jobs_queued", "last_job_taken",
@@ -224,7 +224,8 @@ class Session:
         self._last_job_at = now
         self._last_weight: float | None = None
         self._awaiting_address_until: float | None = None
-        self._outbox: list[tuple[bool, bytes]] = []  # (is a job, encoded line)
+        self._outbox: list[bytes] = []  # encoded lines, in order
+        self._job_at = -1  # where the one unsent job line is in _outbox (-1: none)
         self._outbox_bytes = 0
         self._events: list[SessionEvent] = []
         self._seq = 0  # ids of our requests: jobs "0", "1", ...; get_version an integer
@@ -279,13 +280,10 @@ class Session:
         outbox = self._outbox
         if not outbox:
             return b""
-        if len(outbox) == 1:  # the usual case: one job, or one reply
-            job, data = outbox[0]
-        else:
-            job = any(job for job, _ in outbox)
-            data = b"".join([line for _, line in outbox])
-        if job:
+        data = outbox[0] if len(outbox) == 1 else b"".join(outbox)  # usually one job, or one reply
+        if self._job_at >= 0:
             self.last_job_taken = self.jobs_queued  # the newest job is always the one queued
+            self._job_at = -1
         outbox.clear()
         self._outbox_bytes = 0
         return data
@@ -564,7 +562,7 @@ class Session:
         self.meter.add(now, work_of(job.share_weight))
         if outcome.is_block:
             self.blocks += 1
-        self._reply(msgid, "ok")
+        self._push_line(m.encode_ok(msgid))  # _reply(msgid, "ok"), one call shorter: every share
         if self.vardiff.share(job.share_weight, job.created_at, now) is not None and self.mining:
             self._send_job(now, clean=False)  # a retarget changes the next job only
 
@@ -698,7 +696,7 @@ class Session:
 
     def _reply(self, msgid: Any, value: Any) -> None:
         if value == "ok":
-            self._push_line(m.encode_ok(msgid))  # every accepted share: skip the generic encoder
+            self._push_line(m.encode_ok(msgid))  # (the accepted share's own path calls it directly)
         else:
             self._push(m.result(msgid, value))
 
@@ -711,19 +709,21 @@ class Session:
         self._push_line(m.encode(message), job=job)
 
     def _push_line(self, line: bytes, *, job: bool = False) -> None:
-        if job and self._outbox:
-            # Latest-job semantics: a job the rig has not even received yet is dropped for the newer one.
-            kept = [entry for entry in self._outbox if not entry[0]]
-            if len(kept) != len(self._outbox):
-                self._outbox = kept
-                self._outbox_bytes = sum(len(entry[1]) for entry in kept)
-        self._outbox.append((job, line))
+        outbox = self._outbox
+        if job:
+            if self._job_at >= 0:
+                # Latest-job semantics: a job the rig has not even received yet is dropped for the
+                # newer one (so the outbox never holds more than one job).
+                self._outbox_bytes -= len(outbox.pop(self._job_at))
+            self._job_at = len(outbox)
+        outbox.append(line)
         self._outbox_bytes += len(line)
         if self._outbox_bytes > self.settings.max_outbox:
             self._events.append(
                 LimitHit("max_outbox", f"{self._outbox_bytes} bytes queued for a rig that does not read")
             )
-            self._outbox.clear()
+            outbox.clear()
+            self._job_at = -1
             self._outbox_bytes = 0
             self.close("slow consumer")
 
