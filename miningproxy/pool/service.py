@@ -244,7 +244,8 @@ class PoolService:
         broadcast = self._broadcast
         if broadcast is not None and broadcast.seq == signal.seq:
             broadcast.remaining -= 1
-            self._maybe_finish(broadcast)
+            if broadcast.remaining <= 0:  # (once per rig per block: the call only for the last)
+                self._maybe_finish(broadcast)
 
     def _maybe_finish(self, broadcast: _Broadcast) -> None:
         if broadcast.remaining <= 0 and self._broadcast is broadcast:

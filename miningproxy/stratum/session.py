@@ -170,16 +170,19 @@ def worker_name(text: str) -> str:
     return name or DEFAULT_WORKER
 
 
+_ANONYMOUS = MinerId("", DEFAULT_WORKER)  # every session's miner until it says who it is
+
+
 class Session:
     # Slotted: one per rig, and the fan-out touches every rig's on every block (attributes at
     # fixed offsets in the object, no per-instance dict: less memory, fewer cache misses).
     __slots__ = (
         "_awaiting_address_until", "_current", "_events", "_expired", "_job_at", "_jobs",
-        "_last_job_at", "_last_weight", "_miner", "_outbox", "_outbox_bytes", "_pending_version",
+        "_last_job_at", "_last_weight", "_outbox", "_outbox_bytes", "_pending_version",
         "_seq", "_unsynced_accepts", "_version_asked", "accepted", "address", "blocks",
         "client_version", "close_reason", "connected_at", "jobs_queued", "last_job_taken",
-        "last_share_at", "meter", "network", "peer", "pool", "rejected", "settings", "shutting_down",
-        "solo", "subscribed", "user_agent", "vardiff", "version_rtt", "worker",
+        "last_share_at", "meter", "miner", "network", "peer", "pool", "rejected", "settings",
+        "shutting_down", "solo", "subscribed", "user_agent", "vardiff", "version_rtt", "worker",
     )  # fmt: skip
 
     def __init__(
@@ -205,7 +208,10 @@ class Session:
         self.close_reason: str | None = None
         self.address: Address | None = None
         self.worker = DEFAULT_WORKER
-        self._miner: MinerId | None = None  # cached: base58 costs a SHA-256 per share otherwise
+        # Who the shares are credited to (the address is kept in pool mode too, for accounting).
+        # Made again whenever address or worker change (_identity_changed), not per share: the
+        # address's base58 costs a SHA-256.
+        self.miner = _ANONYMOUS
         self.user_agent: str | None = None
         self.client_version: str | None = None
         self.version_rtt: float | None = None
@@ -235,13 +241,6 @@ class Session:
         self._version_asked = False
 
     # --- identity and state --------------------------------------------------------------------
-
-    @property
-    def miner(self) -> MinerId:
-        """Who the shares are credited to (the address is kept in pool mode too, for accounting)."""
-        if self._miner is None or self._miner.worker != self.worker:
-            self._miner = MinerId(self.address.base58 if self.address else "", self.worker)
-        return self._miner
 
     @property
     def current_job(self) -> Job | None:
@@ -607,8 +606,11 @@ class Session:
             self.address = decode_address(raw.strip(), self.network)
         except AddressError as exc:
             return self._bad_address(msgid, str(exc))
-        self._miner = None
+        self._identity_changed()
         return True
+
+    def _identity_changed(self) -> None:
+        self.miner = MinerId(self.address.base58 if self.address else "", self.worker)
 
     def _identify(self, user: str, msgid: Any) -> bool:
         """``ADDRESS``, ``ADDRESS.worker`` or (pool mode, or an address given before) a worker name."""
@@ -621,11 +623,12 @@ class Session:
             if self.solo and self.address is None:
                 return self._bad_address(msgid, f"{exc}; {self._no_address_message()}")
             self.worker = worker_name(user)
+            self._identity_changed()
             return True
         self.address = address
-        self._miner = None
         if dot and worker.strip():
             self.worker = worker_name(worker)
+        self._identity_changed()
         return True
 
     def _bad_address(self, msgid: Any, message: str) -> bool:
