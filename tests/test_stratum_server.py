@@ -289,11 +289,23 @@ async def test_a_new_tip_reaches_every_rig_of_a_fan_out_of_several_batches_once(
         ports = [rig.stream.socket.getsockname()[1] for rig in rigs]
         assert [int(s.peer.rsplit(":", 1)[1]) for s in h.server.sessions()] == ports
         observed = h.metric("miningproxy_job_broadcast_latency_seconds_count") or 0.0
+        notes: list[tuple[Any, int]] = []  # the server's delivery notes to the pool: (signal, rigs)
+        tell_pool = h.server._job_delivered
+        assert tell_pool is not None
+
+        def note(signal: Any, rigs: int = 1) -> None:
+            notes.append((signal, rigs))
+            tell_pool(signal, rigs)
+
+        h.server._job_delivered = note
         await h.new_tip()
         jobs = [await rig.job() for rig in rigs]
         assert all(job["clean"] is True and job["parent_hash"] == OTHER_TIP.parents[0].hex() for job in jobs)
         assert len({job["job_id"] for job in jobs}) == len({job["data"] for job in jobs}) == count
         await wait_for(lambda: h.metric("miningproxy_job_broadcast_latency_seconds_count") == observed + 1)
+        # Every rig counted once: the notes (one per batch) add up to the rigs, all for the new tip.
+        assert sum(rigs for _, rigs in notes) == count
+        assert {signal.generation.tip for signal, _ in notes} == {OTHER_TIP.parents[0]}
         extra: list[Any] = []
 
         async def nothing_more(rig: Client) -> None:
@@ -304,6 +316,33 @@ async def test_a_new_tip_reaches_every_rig_of_a_fan_out_of_several_batches_once(
             for rig in rigs:
                 quiet.start_soon(nothing_more, rig)
         assert extra == []
+        nursery.cancel_scope.cancel()
+
+
+async def test_a_job_the_socket_takes_in_part_is_finished_by_the_writer_then_reported():
+    """The fan-out writes a rig's new job straight to its socket; when the socket takes only part
+    of it, the writer task sends the rest, and only then is the pool told the job was delivered."""
+    async with trio.open_nursery() as nursery:
+        h = await start(nursery, send_timeout=30.0)
+        rig = await Client.connect(h.port)
+        rig.stream.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        await rig.subscribe()
+        [conn] = list(h.server._connections)
+        notes: list[tuple[Any, int]] = []
+        h.server._job_delivered = lambda signal, rigs=1: notes.append((signal, rigs))
+        conn.stream.socket.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+        filler = b" " * 512  # JSON may start with blanks: the rig reads them as the job's prefix
+        while conn._send_now(filler) == len(filler):  # until the socket is full
+            pass
+        assert conn.writable_now()
+        signal = SimpleNamespace(clean=True, seq=-1)
+        line = conn.session.take_new_job(True, trio.current_time())
+        assert line is not None
+        assert conn.send_new_job(line, conn.session.last_job_taken, signal) is False  # not whole
+        assert not conn.writable_now() and notes == []
+        job = await rig.job()  # reading drains the socket: the writer finishes the line
+        assert job["clean"] is True and job["job_id"] == conn.session.current_job.job_id
+        await wait_for(lambda: notes == [(signal, 1)])
         nursery.cancel_scope.cancel()
 
 

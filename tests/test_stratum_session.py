@@ -184,6 +184,31 @@ def test_the_outbox_keeps_every_reply_in_order_and_only_the_newest_unsent_job(op
     assert session.close_reason is None
 
 
+def test_a_new_job_is_handed_over_at_once_only_when_nothing_is_queued() -> None:
+    rig, first = subscribed_rig()
+    session = rig.session
+    line = session.take_new_job(True, 2.0)
+    assert line is not None and not session.has_output  # handed over, not queued
+    job = json.loads(line)["params"]
+    assert job["clean"] is True and job["job_id"] == session.current_job.job_id != first["job_id"]
+    assert session.last_job_taken == session.jobs_queued  # counted as taken (delivery notes)
+    nonce = solve(bytes.fromhex(job["data"]), job["weight"])
+    assert rig.submit(job["job_id"], nonce)[0]["result"] == "ok"  # a job like any other
+    # Something queued (a reply): no job is made here; new_work queues one behind it.
+    session.receive_line(json.dumps({"id": 9, "method": "mining.ping"}), 3.0)
+    queued = session.jobs_queued
+    assert session.take_new_job(False, 3.0) is None and session.jobs_queued == queued
+    assert session.new_work(False, 3.0)
+    lines = rig.read()
+    assert lines[0]["id"] == 9 and jobs(lines)[0]["job_id"] == session.current_job.job_id
+
+
+def test_no_job_is_handed_over_to_a_rig_that_is_not_mining() -> None:
+    rig = Rig()
+    rig.pool.set_template()
+    assert rig.session.take_new_job(True, 1.0) is None and rig.session.jobs_queued == 0
+
+
 # --- shares -------------------------------------------------------------------------------------
 
 

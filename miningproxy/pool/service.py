@@ -239,11 +239,11 @@ class PoolService:
             broadcast.remaining -= 1  # do not wait for a consumer that is gone
             self._maybe_finish(broadcast)
 
-    def job_delivered(self, signal: WorkSignal) -> None:
-        """A consumer has handed out (written) its job for ``signal``."""
+    def job_delivered(self, signal: WorkSignal, count: int = 1) -> None:
+        """``count`` consumers have handed out (written) their jobs for ``signal``."""
         broadcast = self._broadcast
         if broadcast is not None and broadcast.seq == signal.seq:
-            broadcast.remaining -= 1
+            broadcast.remaining -= count
             if broadcast.remaining <= 0:  # (once per rig per block: the call only for the last)
                 self._maybe_finish(broadcast)
 

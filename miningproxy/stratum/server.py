@@ -334,10 +334,10 @@ class StratumServer:
     def _pool_has(self, name: str) -> bool:
         return callable(getattr(self.pool, name, None))
 
-    def _delivered(self, signal: Any) -> None:
+    def _delivered(self, signal: Any, count: int = 1) -> None:
         delivered = self._job_delivered
         if delivered is not None:
-            delivered(signal)
+            delivered(signal, count)
 
     def _count_miner(self, conn: _Connection, miner: MinerId | None) -> None:
         """Keep count of the connections per miner; the pool forgets a miner's stats when the last
@@ -423,6 +423,7 @@ class StratumServer:
             if self._shutting_down:
                 return
             connections = list(self._connections)
+            clean = signal.clean
             for start in range(0, len(connections), FAN_OUT_BATCH):
                 now = trio.current_time()
                 # A batch's jobs are built first and written after: each write's system call
@@ -431,27 +432,42 @@ class StratumServer:
                 # ms interleaved, 36-47 ms apart). The build loop also settles each rig's
                 # bookkeeping and takes its bytes, so the write loop is little but the writes.
                 writes: list[tuple[_Connection, bytes, int]] = []
+                jobs: list[tuple[_Connection, bytes, int]] = []  # new jobs alone, to write now
                 for conn in connections[start : start + FAN_OUT_BATCH]:
+                    session = conn.session
+                    line = None
                     try:
-                        if conn.session.new_work(signal.clean, now):
+                        # The usual rig: nothing queued, a socket we may write to at once. Its
+                        # job's line is handed over directly, not queued and taken back.
+                        if conn.writable_now():
+                            line = session.take_new_job(clean, now)
+                        if line is None and session.new_work(clean, now):
                             conn.job_queued(signal)
                     except Exception:
-                        log.exception(
-                            "rig %s: cannot build its job; closing its connection", conn.session.peer
-                        )
-                        conn.session.close("internal error")
+                        log.exception("rig %s: cannot build its job; closing its connection", session.peer)
+                        session.close("internal error")
                         conn.kill()
+                        line = None
                     self._settle(conn)
-                    # new_work never brings the session's next deadline forward (a job only
-                    # pushes job_interval back), so the timer sleeps on undisturbed.
+                    # A job never brings the session's next deadline forward (it only pushes
+                    # job_interval back), so the timer sleeps on undisturbed.
+                    if line is not None:
+                        jobs.append((conn, line, session.last_job_taken))
+                        continue
                     out = conn.take_output()
                     if isinstance(out, tuple):
                         writes.append((conn, *out))
                     elif not out:
                         conn.wake_writer()
+                delivered = 0
+                for conn, data, taken in jobs:
+                    if conn.send_new_job(data, taken, signal):
+                        delivered += 1
                 for conn, data, taken in writes:
                     if not conn.send_output(data, taken):
                         conn.wake_writer()
+                if delivered:
+                    self._delivered(signal, delivered)  # one note for the batch, not one per rig
                 await trio.lowlevel.checkpoint()
 
 
@@ -525,6 +541,43 @@ class _Connection:
         if isinstance(out, tuple):
             return self.send_output(*out)
         return out
+
+    def writable_now(self) -> bool:
+        """Whether a line may go straight to the socket now, before anything else: plain TCP,
+        nothing of ours unsent or in the writer's hands, no output held for the record, nothing
+        queued in the session."""
+        session = self.session
+        return (
+            self._direct
+            and not self._writing
+            and not self._unsent
+            and self._held is None
+            and session.close_reason is None
+            and not session.has_output
+            and not session.unsynced_accepts
+        )
+
+    def send_new_job(self, data: bytes, taken: int, signal: Any) -> bool:
+        """Write a job line the fan-out took with ``writable_now`` true: True when the socket took
+        it whole and the caller should count it delivered for ``signal``; otherwise the writer
+        task takes over (woken here) and reports the delivery itself once the rest is out."""
+        if self._undelivered is not None:  # (not expected when writable) the older note first
+            self.job_queued(signal)
+            if not self.send_output(data, taken):
+                self._writer_wake.set()
+            return False
+        try:
+            sent = self._send_now(data)
+        except (trio.ClosedResourceError, OSError) as exc:
+            self.session.close(f"send failed: {exc!r}")
+            self._writer_wake.set()
+            return False
+        if sent < len(data):  # the socket is full: the writer sends the rest, then tells the pool
+            self.job_queued(signal)
+            self._unsent, self._unsent_taken = data[sent:], taken
+            self._writer_wake.set()
+            return False
+        return True
 
     def take_output(self) -> tuple[bytes, int] | bool:
         """:meth:`flush_now`'s first half: the queued bytes to write at once with the jobs they

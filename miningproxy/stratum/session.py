@@ -379,6 +379,17 @@ class Session:
         self._send_job(now, clean=clean)
         return self.jobs_queued != queued
 
+    def take_new_job(self, clean: bool, now: float) -> bytes | None:
+        """:meth:`new_work` then :meth:`data_to_send`, for a session with nothing queued: the new
+        job's line, handed over at once (the fan-out writes it straight away). None when no job
+        was made, or when output is queued: then nothing changed, and ``new_work`` is the way."""
+        if self._outbox or not self.mining:
+            return None
+        line = self._job_line(now, clean=clean)
+        if line is not None:
+            self.last_job_taken = self.jobs_queued
+        return line
+
     def tick(self, now: float) -> None:
         if self.close_reason is not None:
             return
@@ -643,6 +654,14 @@ class Session:
         )
 
     def _send_job(self, now: float, *, clean: bool) -> None:
+        line = self._job_line(now, clean=clean)
+        if line is not None:
+            self._push_line(line, job=True)
+
+    def _job_line(self, now: float, *, clean: bool) -> bytes | None:
+        """Make a new job (the session's bookkeeping included) and return its line, or None when
+        the pool has no template. The caller queues the line or, with nothing queued before it,
+        hands it over at once (take_new_job)."""
         try:
             job = self.pool.new_job(
                 payout_script=self.address.script if self.solo and self.address else None,
@@ -651,7 +670,7 @@ class Session:
                 now=now,
             )
         except LookupError:
-            return  # no template (cannot happen once subscribed; the pool never forgets its template)
+            return None  # no template (not once subscribed: the pool never forgets its template)
         weight = job.share_weight
         vardiff = self.vardiff
         vardiff.ceiling = job.generation.template.weight
@@ -677,7 +696,7 @@ class Session:
             job.job_id,
             msgid,
         )
-        self._push_line(line.encode("ascii"), job=True)
+        return line.encode("ascii")
 
     def _stale_data(self, job_id: str) -> dict[str, Any]:
         return {"current_job": self._current.job_id if self._current else None, "job_id": job_id}
