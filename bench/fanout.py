@@ -100,6 +100,8 @@ def run(
                     per_round[kind].append(stamped)
                     read_rounds[kind].append(read)
                     time.sleep(0.2 + size / 20000)  # let the servers settle before the next round
+            # The proxy's longest collector pause per generation, connections and rounds included.
+            gc_longest = children["proxy"][1].ask(cmd="stats").get("gc_longest", {})
         finally:
             for trio_ in children.values():
                 for child in reversed(trio_):
@@ -114,6 +116,7 @@ def run(
                 "p99_read": median([percentile(r, 99) for r in read_rounds[kind]]),
                 "curve": _curve(lats[len(lats) // 2]),
             }
+        summary["proxy"]["gc_longest_ms"] = {gen: round(took * 1000, 1) for gen, took in gc_longest.items()}
         summary["ratio_p99"] = summary["proxy"]["p99"] / summary["baseline"]["p99"]
         summary["ratio_p50"] = summary["proxy"]["p50"] / summary["baseline"]["p50"]
         result["sizes"][str(size)] = summary

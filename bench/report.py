@@ -231,6 +231,19 @@ def _section_fanout(r: dict[str, Any]) -> list[str]:
         ("rigs", "server", "p50", "p99", "last rig", "p99 per round (ms)", "p99 as the simulator read it"),
         body,
     )
+    pauses = [
+        f"{int(size):,} rigs: "
+        + ", ".join(f"generation {g} {ms:g} ms" for g, ms in s["proxy"]["gc_longest_ms"].items())
+        for size, s in r["sizes"].items()
+        if s["proxy"].get("gc_longest_ms")
+    ]
+    if pauses:
+        lines += [
+            "",
+            "The proxy's longest garbage-collector pause, connections and rounds included: "
+            + "; ".join(pauses)
+            + ".",
+        ]
     return lines
 
 

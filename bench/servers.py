@@ -133,6 +133,11 @@ async def serve_stratum(args: argparse.Namespace) -> None:
     metrics = Metrics()
     gcpolicy.apply()  # as `miningproxy run` does
     gcpolicy.PauseTimer(metrics.observe_gc_pause).install()
+    # The longest collector pause per generation so far, for "stats" (the histogram has no max).
+    longest: dict[int, float] = {}
+    gcpolicy.PauseTimer(
+        lambda gen, took: longest.__setitem__(gen, max(took, longest.get(gen, 0.0)))
+    ).install()
     if args.node:
         upstream: Any = MiningUpstream([args.node], optimistic="off", backoff_initial=0.1, backoff_max=1.0)
     else:
@@ -182,9 +187,11 @@ async def serve_stratum(args: argparse.Namespace) -> None:
                     "accepted": pool.stats.pool.accepted,
                     "rejected": dict(pool.stats.pool.rejected),
                     "blocks": pool.stats.pool.blocks,
+                    "gc_longest": {str(gen): took for gen, took in sorted(longest.items())},
                 }
 
             gcpolicy.freeze_startup()
+            longest.clear()  # (the start-up collection just now is not the server's work)
             say(port=server.ports[0], pid=os.getpid())
             await _commands({"stats": stats, "gc": _gc})
             nursery.cancel_scope.cancel()
