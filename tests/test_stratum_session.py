@@ -201,6 +201,13 @@ def test_a_new_job_is_handed_over_at_once_only_when_nothing_is_queued() -> None:
     assert session.new_work(False, 3.0)
     lines = rig.read()
     assert lines[0]["id"] == 9 and jobs(lines)[0]["job_id"] == session.current_job.job_id
+    # An "ok" taken but still waiting for the pool's record: a job handed over now would reach
+    # the rig before it, so none is, until the transport has taken the wait over.
+    job = jobs(lines)[0]
+    assert rig.submit(job["job_id"], solve(bytes.fromhex(job["data"]), job["weight"]))[0]["result"] == "ok"
+    assert session.unsynced_accepts and session.take_new_job(False, 4.0) is None
+    assert session.take_unsynced_accepts()
+    assert session.take_new_job(False, 4.0) is not None
 
 
 def test_no_job_is_handed_over_to_a_rig_that_is_not_mining() -> None:

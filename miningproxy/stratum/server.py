@@ -543,18 +543,15 @@ class _Connection:
         return out
 
     def writable_now(self) -> bool:
-        """Whether a line may go straight to the socket now, before anything else: plain TCP,
-        nothing of ours unsent or in the writer's hands, no output held for the record, nothing
-        queued in the session."""
-        session = self.session
+        """Whether a line may go straight to the socket now, as far as the connection goes: plain
+        TCP, nothing unsent or in the writer's hands, no output held for the record, the session
+        open. (Whether the session has queued lines of its own is for it to say: take_new_job.)"""
         return (
             self._direct
             and not self._writing
             and not self._unsent
             and self._held is None
-            and session.close_reason is None
-            and not session.has_output
-            and not session.unsynced_accepts
+            and self.session.close_reason is None
         )
 
     def send_new_job(self, data: bytes, taken: int, signal: Any) -> bool:

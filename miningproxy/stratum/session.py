@@ -382,8 +382,9 @@ class Session:
     def take_new_job(self, clean: bool, now: float) -> bytes | None:
         """:meth:`new_work` then :meth:`data_to_send`, for a session with nothing queued: the new
         job's line, handed over at once (the fan-out writes it straight away). None when no job
-        was made, or when output is queued: then nothing changed, and ``new_work`` is the way."""
-        if self._outbox or not self.mining:
+        was made, or when output is queued (or an "ok" still waits for the record): then nothing
+        changed, and ``new_work`` is the way."""
+        if self._outbox or self._unsynced_accepts or not self.mining:
             return None
         line = self._job_line(now, clean=clean)
         if line is not None:
