@@ -15,8 +15,8 @@ so collecting less often costs little memory:
   all of them waited for one collection, which came during the next new block's fan-out and
   took 0.56 s (``python -m bench --only fanout``: the first round at 10,000 rigs 820-890 ms
   against ~300). Every object goes through the middle generation once either way, so smaller
-  ones cost no more in all: with 2 the longest was 63 ms, during the connections, and the first
-  round 306 ms;
+  ones cost no more in all: with 2 the longest was 63-107 ms, during the connections, and the
+  first round 306-353 ms;
 - full collections ``GEN1 * GEN2`` young ones apart at the least (5,000, as before);
 - :func:`freeze_startup` moves everything made at start-up (modules, settings, servers) out of
   the collector's sight for good.
