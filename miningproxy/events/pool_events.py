@@ -354,8 +354,7 @@ class PoolEvents:
     ) -> int:
         # record(POOL_SHARE_ACCEPTED, {...}) without the dict: the same text, a lot cheaper. All
         # but the id, the time and the hash is the same for every share of a job: made once.
-        if self.failing is not None or len(self._pending) >= self.max_pending:
-            self._check_room()
+        self._check_room()
         event_id = self._next_id
         now = self.clock()
         key = (miner, worker, address, job_id, share_weight, height)

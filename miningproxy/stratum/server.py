@@ -447,7 +447,6 @@ class StratumServer:
                         log.exception("rig %s: cannot build its job; closing its connection", session.peer)
                         session.close("internal error")
                         conn.kill()
-                        line = None
                     self._settle(conn)
                     # A job never brings the session's next deadline forward (it only pushes
                     # job_interval back), so the timer sleeps on undisturbed.
@@ -563,18 +562,11 @@ class _Connection:
             if not self.send_output(data, taken):
                 self._writer_wake.set()
             return False
-        try:
-            sent = self._send_now(data)
-        except (trio.ClosedResourceError, OSError) as exc:
-            self.session.close(f"send failed: {exc!r}")
-            self._writer_wake.set()
-            return False
-        if sent < len(data):  # the socket is full: the writer sends the rest, then tells the pool
-            self.job_queued(signal)
-            self._unsent, self._unsent_taken = data[sent:], taken
-            self._writer_wake.set()
-            return False
-        return True
+        if self._write(data, taken):
+            return True
+        self.job_queued(signal)  # the writer sends the rest, then tells the pool
+        self._writer_wake.set()
+        return False
 
     def take_output(self) -> tuple[bytes, int] | bool:
         """:meth:`flush_now`'s first half: the queued bytes to write at once with the jobs they
@@ -609,6 +601,15 @@ class _Connection:
     def send_output(self, data: bytes, taken: int) -> bool:
         """:meth:`flush_now`'s second half: write what :meth:`take_output` took; True when the
         socket took it all (else the writer must send the rest)."""
+        if not self._write(data, taken):
+            return False
+        self._written(taken)
+        return True
+
+    def _write(self, data: bytes, taken: int) -> bool:
+        """Send ``data`` (holding jobs up to number ``taken``) now; True when the socket took it
+        all. Otherwise the rest waits in ``_unsent`` for the writer task, or the send failed and
+        the session is closed: either way the writer must run."""
         try:
             sent = self._send_now(data)
         except (trio.ClosedResourceError, OSError) as exc:
@@ -617,7 +618,6 @@ class _Connection:
         if sent < len(data):  # the socket is full: the writer waits for room
             self._unsent, self._unsent_taken = data[sent:], taken
             return False
-        self._written(taken)
         return True
 
     def release_held(self) -> None:
@@ -626,19 +626,7 @@ class _Connection:
         held, self._held = self._held, None
         if held is None:
             return
-        data, taken = held[0], held[1]
-        try:
-            sent = self._send_now(data)
-        except (trio.ClosedResourceError, OSError) as exc:
-            self.session.close(f"send failed: {exc!r}")
-            self._writer_wake.set()
-            return
-        if sent < len(data):
-            self._unsent, self._unsent_taken = data[sent:], taken
-            self._writer_wake.set()
-            return
-        self._written(taken)
-        if not self.flush_now():
+        if not self.send_output(held[0], held[1]) or not self.flush_now():
             self._writer_wake.set()
 
     def _send_now(self, data: bytes) -> int:
