@@ -11,7 +11,14 @@ from hypothesis import strategies as st
 
 from hashing.pow import target_to_bytes, weight_to_target
 from miningproxy.stratum.framing import LineTooLong, NotUtf8
-from miningproxy.stratum.session import LimitHit, Penalty, ShareRejected, WeightUsed, parse_nonce
+from miningproxy.stratum.session import (
+    EXPIRED_HISTORY,
+    LimitHit,
+    Penalty,
+    ShareRejected,
+    WeightUsed,
+    parse_nonce,
+)
 from miningproxy.stratum.settings import VardiffSettings
 from tests.hathor_vectors import PRIVATENET_ADDRESS, PRIVATENET_SCRIPT
 from tests.test_stratum_support import (
@@ -292,6 +299,30 @@ def test_share_for_a_job_evicted_from_the_history_is_31_not_32():
     reply = rig.submit(old["job_id"], solve(bytes.fromhex(old["data"]), old["weight"]))[0]
     assert reply["error"]["code"] == 31
     assert ShareRejected("stale") in rig.session.take_events()
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    history=st.integers(1, 10),
+    count=st.integers(1, 90),
+    picks=st.lists(st.integers(0, 89), max_size=6),
+)
+def test_a_share_names_a_held_job_an_expired_one_or_none(history, count, picks):
+    """Of the jobs a rig was sent, the last ``job_history`` are checked (here: a wrong nonce, 30),
+    the EXPIRED_HISTORY before them are 31 stale, and anything older is 32 not found."""
+    rig, first = subscribed_rig(job_history=history, get_version=False)
+    sent = [first]
+    for t in range(1, count):
+        rig.session.new_work(False, float(t))
+        sent += jobs(rig.read())
+    edges = {0, history - 1, history, history + EXPIRED_HISTORY - 1, history + EXPIRED_HISTORY}
+    ages = sorted({pick % len(sent) for pick in picks} | {age for age in edges if age < len(sent)})
+    for age in ages:  # 0: the newest job
+        job = sent[-1 - age]
+        reply = rig.submit(job["job_id"], miss(bytes.fromhex(job["data"]), job["weight"]))[0]
+        expected = 30 if age < history else 31 if age < history + EXPIRED_HISTORY else 32
+        assert reply["error"]["code"] == expected, (age, history)
+        assert rig.session.close_reason is None
 
 
 def test_unknown_job_is_32_and_a_malformed_job_id_closes():

@@ -38,7 +38,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections import Counter, OrderedDict
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -177,8 +177,8 @@ class Session:
     # Slotted: one per rig, and the fan-out touches every rig's on every block (attributes at
     # fixed offsets in the object, no per-instance dict: less memory, fewer cache misses).
     __slots__ = (
-        "_awaiting_address_until", "_current", "_events", "_expired", "_job_at", "_jobs",
-        "_last_job_at", "_last_weight", "_outbox", "_outbox_bytes", "_pending_version",
+        "_awaiting_address_until", "_current", "_events", "_expired", "_expired_at", "_job_at",
+        "_job_ids", "_job_ids_at", "_jobs", "_last_job_at", "_last_weight", "_outbox", "_outbox_bytes", "_pending_version",
         "_seq", "_unsynced_accepts", "_version_asked", "accepted", "address", "blocks",
         "client_version", "close_reason", "connected_at", "jobs_queued", "last_job_taken",
         "last_share_at", "meter", "miner", "network", "peer", "pool", "rejected", "settings",
@@ -224,8 +224,15 @@ class Session:
         self._unsynced_accepts = False
         self.blocks = 0
         self.last_share_at: float | None = None
-        self._jobs: OrderedDict[str, Job] = OrderedDict()  # job id -> job (sent at its created_at)
-        self._expired: OrderedDict[str, None] = OrderedDict()
+        # The job history: the last job_history jobs by id, their ids in a ring (oldest next to go
+        # at _job_ids_at), and a ring of the ids that left it, answered "stale" rather than "not
+        # found". Rings, not an OrderedDict: every rig gets a job on every block, and moving a
+        # job through them is two stores, not two linked-list insertions and removals.
+        self._jobs: dict[str, Job] = {}  # job id -> job (sent at its created_at)
+        self._job_ids: list[str | None] = [None] * settings.job_history
+        self._job_ids_at = 0
+        self._expired: list[str | None] | None = None  # made when the first job leaves the history
+        self._expired_at = 0
         self._current: Job | None = None
         self._last_job_at = now
         self._last_weight: float | None = None
@@ -519,7 +526,7 @@ class Session:
             job_id = job_id.lower()
             job = self._jobs.get(job_id)
         if job is None:
-            if job_id in self._expired:
+            if self._expired is not None and job_id in self._expired:
                 self._reject("stale", msgid, self._stale_data(job_id))
             else:
                 self._penalize(self.settings.ban.invalid_share, "unknown job")
@@ -676,14 +683,16 @@ class Session:
         vardiff = self.vardiff
         vardiff.ceiling = job.generation.template.weight
         vardiff.job_sent(weight, now)
-        jobs = self._jobs
-        jobs[job.job_id] = job
-        if len(jobs) > self.settings.job_history:
-            expired = self._expired
-            while len(jobs) > self.settings.job_history:
-                expired[jobs.popitem(last=False)[0]] = None
-            while len(expired) > EXPIRED_HISTORY:
-                expired.popitem(last=False)
+        job_id = job.job_id
+        self._jobs[job_id] = job
+        ids, at = self._job_ids, self._job_ids_at
+        gone = ids[at]
+        ids[at] = job_id
+        at += 1
+        self._job_ids_at = at if at < len(ids) else 0
+        if gone is not None:  # the history is full: its oldest job leaves it
+            self._jobs.pop(gone, None)
+            self._expire(gone)
         self._current = job
         self._last_job_at = now
         if weight != self._last_weight:
@@ -694,10 +703,18 @@ class Session:
         self._seq = msgid + 1
         line = m.job_format(NONCE_SIZE, float(weight), clean, job.generation.tip_hex) % (
             job.header.hex(),
-            job.job_id,
+            job_id,
             msgid,
         )
         return line.encode("ascii")
+
+    def _expire(self, job_id: str) -> None:
+        expired = self._expired
+        if expired is None:
+            expired = self._expired = [None] * EXPIRED_HISTORY
+        at = self._expired_at
+        expired[at] = job_id
+        self._expired_at = at + 1 if at + 1 < EXPIRED_HISTORY else 0
 
     def _stale_data(self, job_id: str) -> dict[str, Any]:
         return {"current_job": self._current.job_id if self._current else None, "job_id": job_id}
