@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from hashing.pow import weight_to_target
+from hashing.pow import target_to_bytes, weight_to_target
 from miningproxy.hathor.block import parse_block
 from miningproxy.hathor.template import BlockTemplate
 from miningproxy.pool.jobs import Generation, JobFactory
@@ -164,6 +165,8 @@ OTHER_SCRIPT = bytes.fromhex("76a914") + bytes(range(20)) + bytes.fromhex("88ac"
             st.one_of(st.integers(0, 6000).map(lambda ms: ms / 1000), st.floats(-1e5, 1e5)),
             st.booleans(),  # pay the other script (solo mode mixes scripts in one fan-out)
             st.sampled_from([False, False, False, True]),  # a new template first
+            # the share weight asked for: vardiff's usual, above the block's, none, not a number
+            st.sampled_from([4.0, 4.0, 2.5, 0.0, 1e9, math.nan]),
         ),
         min_size=1,
         max_size=40,
@@ -173,22 +176,30 @@ def test_each_job_is_the_block_its_clock_and_script_make(steps):
     """The factory keeps the block timestamp for the clock's current second and each payout
     script's graph head; whatever the clock does (ticks, jumps, goes back) and however scripts and
     templates interleave, every job is exactly the block its own clock reading makes, and its
-    header is that block's mining header."""
+    header is that block's mining header. Jobs made in one second share their terms: so does
+    every job here, whatever weight it asked for, carry its own weight (capped at the block's)."""
     clock = [0.0]
     jobs = JobFactory("pooltag", wallclock=lambda: clock[0])
     seq = 1
     jobs.set_generation(Generation(seq, TEMPLATES[0], "node-a", 0.0))
-    for offset, other, new_template in steps:
+    for offset, other, new_template, weight in steps:
         if new_template:
             seq += 1
             jobs.set_generation(Generation(seq, TEMPLATES[seq % len(TEMPLATES)], "node-a", 0.0))
         template = jobs.generation.template
         clock[0] = wall = TEMPLATES[0].timestamp_min + offset
         script = OTHER_SCRIPT if other else PRIVATENET_SCRIPT
-        job = jobs.new_job(script, 4.0, now=0.0, clean=True)
+        job = jobs.new_job(script, weight, now=0.0, clean=True)
+        share_weight = weight if 0 < weight < template.weight else template.weight
+        assert job.share_weight == share_weight and job.generation is jobs.generation
+        assert job.share_target == target_to_bytes(weight_to_target(share_weight))
         struct = job.assembled.struct(0)
         block = parse_block(struct)
-        assert block.timestamp == min(max(int(wall), template.timestamp_min), template.timestamp_max)
+        assert (
+            block.timestamp
+            == job.timestamp
+            == min(max(math.floor(wall), template.timestamp_min), template.timestamp_max)
+        )
         assert block.outputs[0].script == script
         assert block.parents[0] == template.parents[0]
         assert block.data == b"pooltag" + bytes.fromhex(job.job_id)

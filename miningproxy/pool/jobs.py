@@ -52,41 +52,51 @@ class Generation:
         return target_bytes(self.template.weight)
 
 
-class Job:
-    """One consumer's job. Built for every rig on every new block, so it is a slotted class that
-    keeps what makes its block (header, timestamp, data) and computes on demand what only a share
-    or a block needs: the header's midstate, the set of nonces seen, the assembled block."""
+class JobTerms:
+    """What the jobs of one template, block timestamp, payout script and share weight have in
+    common. A fan-out gives every rig at one weight a job on the same terms (one object, made
+    once), so a job itself is little more than its id and its header."""
 
     __slots__ = (
-        "job_id", "generation", "tip", "header", "timestamp", "data", "assembler", "share_weight",
-        "share_target", "block_target", "payout_script", "created_at", "clean", "_hasher", "_seen",
+        "generation", "tip", "block_target", "timestamp", "assembler", "payout_script",
+        "share_weight", "share_target", "tag", "graph_prefix",
     )  # fmt: skip
 
     def __init__(
         self,
-        job_id: str,
         generation: Generation,
-        header: bytes,
         timestamp: int,
-        data: bytes,
         assembler: BlockAssembler,
         share_weight: float,
-        share_target: bytes,
-        payout_script: bytes,
-        created_at: float,
-        clean: bool,
+        tag: bytes,
     ) -> None:
-        self.job_id = job_id
         self.generation = generation
         self.tip = generation.tip  # the template's first parent: every share compares it
-        self.header = header
-        self.timestamp = timestamp
-        self.data = data
-        self.assembler = assembler
-        self.share_weight = share_weight
-        self.share_target = share_target
         self.block_target = generation.block_target
-        self.payout_script = payout_script
+        self.timestamp = timestamp
+        self.assembler = assembler
+        self.payout_script = assembler.script
+        self.share_weight = share_weight
+        self.share_target = target_bytes(share_weight)
+        self.tag = tag
+        # The graph struct up to the job id, the last bytes of the block's data: a job's graph
+        # hash is this plus its id, hashed.
+        self.graph_prefix = assembler.graph_head(timestamp, len(tag) + JOB_ID_SIZE) + tag
+
+
+class Job:
+    """One consumer's job. Built for every rig on every new block, so it is a slotted class that
+    keeps only what is its own (id, header, when it was sent); what it shares with the other jobs
+    of its fan-out is in its :class:`JobTerms`. What only a share or a block needs is computed on
+    demand: the header's midstate, the set of nonces seen, the assembled block. Hot paths read
+    ``job.terms`` directly; the properties are for everyone else."""
+
+    __slots__ = ("job_id", "terms", "header", "created_at", "clean", "_hasher", "_seen")
+
+    def __init__(self, job_id: str, terms: JobTerms, header: bytes, created_at: float, clean: bool) -> None:
+        self.job_id = job_id
+        self.terms = terms
+        self.header = header
         self.created_at = created_at
         self.clean = clean
         self._hasher: HeaderHasher | None = None
@@ -109,20 +119,54 @@ class Job:
         return seen
 
     @property
+    def data(self) -> bytes:
+        """The block's data field: the pool tag, then the job id's bytes."""
+        return self.terms.tag + bytes.fromhex(self.job_id)
+
+    @property
     def assembled(self) -> AssembledBlock:
         """The job's block, for any nonce (made when a share meets the block weight: rarely)."""
-        return self.assembler.build(self.timestamp, self.data)
+        terms = self.terms
+        return terms.assembler.build(terms.timestamp, self.data)
+
+    @property
+    def generation(self) -> Generation:
+        return self.terms.generation
 
     @property
     def template(self) -> BlockTemplate:
-        return self.generation.template
+        return self.terms.generation.template
+
+    @property
+    def tip(self) -> bytes:
+        return self.terms.tip
+
+    @property
+    def timestamp(self) -> int:
+        return self.terms.timestamp
+
+    @property
+    def payout_script(self) -> bytes:
+        return self.terms.payout_script
+
+    @property
+    def share_weight(self) -> float:
+        return self.terms.share_weight
+
+    @property
+    def share_target(self) -> bytes:
+        return self.terms.share_target
+
+    @property
+    def block_target(self) -> bytes:
+        return self.terms.block_target
 
     @property
     def block_weight(self) -> float:
-        return self.generation.template.weight
+        return self.terms.generation.template.weight
 
     def __repr__(self) -> str:
-        return f"Job({self.job_id}, height={self.generation.template.height}, weight={self.share_weight:g})"
+        return f"Job({self.job_id}, height={self.template.height}, weight={self.share_weight:g})"
 
 
 @lru_cache(maxsize=1024)
@@ -132,10 +176,16 @@ def target_bytes(weight: float) -> bytes:
 
 
 class JobFactory:
-    """Builds jobs for the current generation; caches one assembler per payout script."""
+    """Builds jobs for the current generation; keeps the terms of the current block timestamp
+    (one per payout script and share weight) and one assembler per payout script."""
 
     def __init__(
-        self, tag: str, *, wallclock: Callable[[], float] = time.time, max_assemblers: int = 4096
+        self,
+        tag: str,
+        *,
+        wallclock: Callable[[], float] = time.time,
+        max_assemblers: int = 4096,
+        max_terms: int = 4096,
     ) -> None:
         self._tag = tag.encode()
         self._wallclock = wallclock
@@ -143,8 +193,7 @@ class JobFactory:
         # and across several proxies mining for the same pool address.
         self._prefix = os.urandom(4)
         self._counter = itertools.count(1)
-        self._data_len = len(self._tag) + JOB_ID_SIZE
-        if self._data_len > BLOCK_DATA_MAX_SIZE:
+        if len(self._tag) + JOB_ID_SIZE > BLOCK_DATA_MAX_SIZE:
             raise ValueError(
                 f"pool tag {tag!r} is {len(self._tag)} bytes; at most {BLOCK_DATA_MAX_SIZE - JOB_ID_SIZE} "
                 f"fit in a block's data beside the job id"
@@ -156,6 +205,9 @@ class JobFactory:
         self.tip: bytes | None = None  # the generation's tip, read for every share
         self._assemblers: dict[bytes, BlockAssembler] = {}
         self._max_assemblers = max_assemblers
+        # (payout script, share weight asked for) -> terms, for this generation and timestamp.
+        self._terms: dict[tuple[bytes, float], JobTerms] = {}
+        self._max_terms = max_terms
 
     @property
     def generation(self) -> Generation | None:
@@ -165,6 +217,7 @@ class JobFactory:
         self._generation = generation
         self.tip = generation.tip
         self._assemblers.clear()
+        self._terms.clear()
         self._second = -math.inf
 
     def _assembler(self, script: bytes) -> BlockAssembler:
@@ -176,6 +229,17 @@ class JobFactory:
             assembler = self._assemblers[script] = BlockAssembler(self._generation.template, script)
         return assembler
 
+    def _new_terms(self, payout_script: bytes, share_weight: float) -> JobTerms:
+        generation = self._generation
+        assert generation is not None
+        block_weight = generation.template.weight
+        weight = share_weight if 0 < share_weight < block_weight else block_weight  # (NaN: the block's)
+        terms = JobTerms(generation, self._timestamp, self._assembler(payout_script), weight, self._tag)
+        if len(self._terms) >= self._max_terms:
+            self._terms.clear()
+        self._terms[payout_script, share_weight] = terms
+        return terms
+
     def new_job(self, payout_script: bytes, share_weight: float, *, now: float, clean: bool) -> Job:
         """A fresh job for one consumer. ``now`` is trio time (for ages); the block timestamp comes
         from the wall clock, clamped into the template's range."""
@@ -184,26 +248,12 @@ class JobFactory:
             raise LookupError("no template yet")
         wall = self._wallclock()
         if not self._second <= wall < self._second + 1.0:  # a new second (or a clock gone back)
-            self._timestamp = clamp_timestamp(generation.template, wall)
+            timestamp = clamp_timestamp(generation.template, wall)
+            if timestamp != self._timestamp:
+                self._terms.clear()
+            self._timestamp = timestamp
             self._second = math.floor(wall)
+        terms = self._terms.get((payout_script, share_weight)) or self._new_terms(payout_script, share_weight)
         id_bytes = self._prefix + next(self._counter).to_bytes(JOB_ID_SIZE - 4, "big")
-        data = self._tag + id_bytes
-        timestamp = self._timestamp
-        assembler = self._assemblers.get(payout_script) or self._assembler(payout_script)
-        graph_hash = _sha256(assembler.graph_head(timestamp, self._data_len) + data).digest()
-        block_weight = generation.template.weight
-        if not 0 < share_weight < block_weight:  # (a NaN weight means the block weight too)
-            share_weight = block_weight
-        return Job(
-            id_bytes.hex(),
-            generation,
-            assembler.funds_hash + graph_hash,
-            timestamp,
-            data,
-            assembler,
-            share_weight,
-            target_bytes(share_weight),
-            payout_script,
-            now,
-            clean,
-        )
+        graph_hash = _sha256(terms.graph_prefix + id_bytes).digest()
+        return Job(id_bytes.hex(), terms, terms.assembler.funds_hash + graph_hash, now, clean)

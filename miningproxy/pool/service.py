@@ -297,6 +297,7 @@ class PoolService:
         # piece of bookkeeping follow (a block is never held up, or dropped, for them).
         block = self._enqueue_block(miner, job, nonce, result.hash or b"") if result.is_block else None
         event_id = None
+        terms = job.terms
         if result.accepted and self.events is not None:
             try:
                 event_id = self.events.share_accepted(
@@ -304,9 +305,9 @@ class PoolService:
                     worker=miner.worker,
                     address=miner.address,
                     job_id=job.job_id,
-                    share_weight=job.share_weight,
+                    share_weight=terms.share_weight,
                     hash=result.hash or b"",
-                    height=job.template.height,
+                    height=terms.generation.template.height,
                 )
             except PoolEventsBusy:
                 if result.is_block:
@@ -322,7 +323,7 @@ class PoolService:
             self.stats.rejected(miner, result.reason)
             self.metrics.shares.labels("rejected", result.reason).inc()
             return result, None
-        self.stats.accepted(miner, job.share_weight, arrived_at)
+        self.stats.accepted(miner, terms.share_weight, arrived_at)
         self._shares_ok.value += 1
         if block is not None:
             self._block_found(miner, job, block, arrived_at)

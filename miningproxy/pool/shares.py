@@ -38,13 +38,14 @@ def check_share(job: Job, nonce: int, tip: bytes | None) -> ShareResult:
     first parent). A job built on another parent can no longer make a block: it is stale."""
     if not 0 <= nonce <= MAX_NONCE:
         return BAD_NONCE
-    if job.tip != tip:
+    terms = job.terms
+    if terms.tip != tip:
         return STALE
     seen = job.seen_nonces
     if nonce in seen:
         return DUPLICATE
     block_hash = job.hasher.hash_nonce_bytes(nonce.to_bytes(NONCE_SIZE, "big"))
-    if block_hash >= job.share_target:
+    if block_hash >= terms.share_target:
         return _result((False, "invalid-solution", block_hash, False))
     seen.add(nonce)
-    return _result((True, "ok", block_hash, block_hash < job.block_target))
+    return _result((True, "ok", block_hash, block_hash < terms.block_target))

@@ -577,11 +577,12 @@ class Session:
         self.accepted += 1
         self._unsynced_accepts = True
         self.last_share_at = now
-        self.meter.add(now, work_of(job.share_weight))
+        weight = job.terms.share_weight
+        self.meter.add(now, work_of(weight))
         if outcome.is_block:
             self.blocks += 1
         self._push_line(m.encode_ok(msgid))  # _reply(msgid, "ok"), one call shorter: every share
-        if self.vardiff.share(job.share_weight, job.created_at, now) is not None and self.mining:
+        if self.vardiff.share(weight, job.created_at, now) is not None and self.mining:
             self._send_job(now, clean=False)  # a retarget changes the next job only
 
     def _configure(self, params: Any, msgid: Any, now: float) -> None:
@@ -679,9 +680,10 @@ class Session:
             )
         except LookupError:
             return None  # no template (not once subscribed: the pool never forgets its template)
-        weight = job.share_weight
+        terms = job.terms
+        weight = terms.share_weight
         vardiff = self.vardiff
-        vardiff.ceiling = job.generation.template.weight
+        vardiff.ceiling = terms.generation.template.weight
         vardiff.job_sent(weight, now)
         job_id = job.job_id
         self._jobs[job_id] = job
@@ -701,7 +703,7 @@ class Session:
         self.jobs_queued += 1
         msgid = self._seq
         self._seq = msgid + 1
-        line = m.job_format(NONCE_SIZE, float(weight), clean, job.generation.tip_hex) % (
+        line = m.job_format(NONCE_SIZE, float(weight), clean, terms.generation.tip_hex) % (
             job.header.hex(),
             job_id,
             msgid,
