@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from hashing.pow import target_to_bytes, weight_to_target
+from miningproxy.stratum import messages as m
 from miningproxy.stratum.framing import LineTooLong, NotUtf8
 from miningproxy.stratum.session import (
     EXPIRED_HISTORY,
@@ -106,6 +107,24 @@ def test_job_fields_as_the_node_sends_them():
     assert type(job["weight"]) is float and job["weight"] == 4.0
     assert job["clean"] is True
     assert job["parent_hash"] == rig.pool.generation.tip.hex()
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.lists(st.tuples(st.sampled_from([1.0, 2.5, 4.0, 7.75]), st.booleans()), min_size=1, max_size=8))
+def test_every_job_line_is_byte_for_byte_the_generic_encoding(changes):
+    """The session writes job lines from cached parts (one set per terms and clean flag): each is
+    exactly what the generic encoder makes of the same request, whatever weights and flags come."""
+    rig = Rig(vardiff=VardiffSettings(min_weight=1, max_weight=64, initial_weight=4))
+    rig.pool.set_template()
+    rig.subscribe()
+    rig.read()
+    for t, (weight, clean) in enumerate(changes, start=1):
+        rig.session.vardiff._weight = weight  # what a retarget would leave
+        rig.session.new_work(clean, float(t))
+        raw = rig.session.data_to_send()
+        (job,) = [json.loads(line) for line in raw.splitlines()]
+        assert job["params"]["weight"] == weight and job["params"]["clean"] is clean
+        assert raw == m.encode(m.request(job["id"], "job", job["params"]))
 
 
 def test_weight_is_always_written_as_a_json_float():

@@ -61,19 +61,24 @@ def encode_job(
     """``encode(request(str(msgid), "job", {...}))`` byte for byte, by formatting: a job goes to
     every rig on every new block. ``data``, ``job_id`` and ``parent_hash`` are hex (nothing to
     escape); ``weight`` is written as the encoder writes a float (``float.__repr__``)."""
-    return (job_format(nonce_size, weight, clean, parent_hash) % (data, job_id, msgid)).encode("ascii")
+    head, after_data, after_id, tail = job_parts(nonce_size, weight, clean, parent_hash)
+    return f"{head}{data}{after_data}{job_id}{after_id}{msgid:d}{tail}".encode("ascii")
 
 
 @functools.lru_cache(maxsize=256)
-def job_format(nonce_size: int, weight: float, clean: bool, parent_hash: str) -> str:
-    """``encode_job``'s line as a %-format of (data, job_id, msgid). What the jobs of one template
-    and one weight share is formatted once: a fan-out asks for the same few for every rig."""
+def job_parts(nonce_size: int, weight: float, clean: bool, parent_hash: str) -> tuple[str, str, str, str]:
+    """``encode_job``'s line around its data, job id and id: the line is ``head + data + after_data
+    + job_id + after_id + str(msgid) + tail``. What the jobs of one template and one weight share
+    is written once (a fan-out asks for the same few for every rig), and an f-string of the parts
+    is half the cost of a %-format of the whole."""
     if not math.isfinite(weight):
         raise ValueError(f"Out of range float values are not JSON compliant: {weight!r}")
     return (
-        f'{{"method":"job","params":{{"data":"%s","job_id":"%s","nonce_size":{nonce_size:d},'
-        f'"weight":{float.__repr__(weight)},"clean":{"true" if clean else "false"},'
-        f'"parent_hash":"{parent_hash.replace("%", "%%")}"}},"id":"%d"}}\n'
+        '{"method":"job","params":{"data":"',
+        '","job_id":"',
+        f'","nonce_size":{nonce_size:d},"weight":{float.__repr__(weight)},'
+        f'"clean":{"true" if clean else "false"},"parent_hash":"{parent_hash}"}},"id":"',
+        '"}\n',
     )
 
 

@@ -48,7 +48,7 @@ from hashing.pow import work_of
 from miningproxy.hathor.addresses import Address, AddressError, decode_address
 from miningproxy.hathor.networks import Network
 from miningproxy.pool.hashrate import HashrateMeter
-from miningproxy.pool.jobs import Generation, Job
+from miningproxy.pool.jobs import Generation, Job, JobTerms
 from miningproxy.pool.shares import ShareResult
 from miningproxy.pool.stats import MinerId
 from miningproxy.stratum import messages as m
@@ -703,12 +703,8 @@ class Session:
         self.jobs_queued += 1
         msgid = self._seq
         self._seq = msgid + 1
-        line = m.job_format(NONCE_SIZE, float(weight), clean, terms.generation.tip_hex) % (
-            job.header.hex(),
-            job_id,
-            msgid,
-        )
-        return line.encode("ascii")
+        head, after_data, after_id, tail = _LINE_PARTS.get((terms, clean)) or _line_parts(terms, clean)
+        return f"{head}{job.header.hex()}{after_data}{job_id}{after_id}{msgid}{tail}".encode("ascii")
 
     def _expire(self, job_id: str) -> None:
         expired = self._expired
@@ -777,6 +773,21 @@ def _is_address_elsewhere(text: str) -> bool:
     except AddressError:
         return False
     return True
+
+
+# The job line's parts for each (terms, clean) of late (see messages.job_parts): every rig at one
+# weight in a fan-out gets a job on the same terms, so all but the first find theirs here.
+_LINE_PARTS: dict[tuple[JobTerms, bool], tuple[str, str, str, str]] = {}
+_MAX_LINE_PARTS = 256
+
+
+def _line_parts(terms: JobTerms, clean: bool) -> tuple[str, str, str, str]:
+    if len(_LINE_PARTS) >= _MAX_LINE_PARTS:
+        _LINE_PARTS.clear()  # (old terms are of old templates: none comes back)
+    parts = _LINE_PARTS[terms, clean] = m.job_parts(
+        NONCE_SIZE, float(terms.share_weight), clean, terms.generation.tip_hex
+    )
+    return parts
 
 
 # The methods a rig may call, by name (one table for every session: a per-session dict of bound
