@@ -66,7 +66,6 @@ class FakePool:
 
     def new_job(
         self,
-        *,
         payout_script: bytes | None = None,
         share_weight: float = 0.0,
         clean: bool = False,

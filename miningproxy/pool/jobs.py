@@ -240,7 +240,7 @@ class JobFactory:
         self._terms[payout_script, share_weight] = terms
         return terms
 
-    def new_job(self, payout_script: bytes, share_weight: float, *, now: float, clean: bool) -> Job:
+    def new_job(self, payout_script: bytes, share_weight: float, now: float, clean: bool) -> Job:
         """A fresh job for one consumer. ``now`` is trio time (for ages); the block timestamp comes
         from the wall clock, clamped into the template's range."""
         generation = self._generation

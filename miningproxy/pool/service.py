@@ -256,7 +256,6 @@ class PoolService:
 
     def new_job(
         self,
-        *,
         payout_script: bytes | None = None,
         share_weight: float = 0.0,
         clean: bool = False,
@@ -266,8 +265,8 @@ class PoolService:
         job = self.jobs.new_job(
             payout_script or self.payout_script,
             share_weight,
-            now=trio.current_time() if now is None else now,
-            clean=clean,
+            trio.current_time() if now is None else now,
+            clean,
         )
         self._jobs_sent.value += 1  # (LoopCounter.inc without the call: once per rig per block)
         return job

@@ -75,13 +75,14 @@ class JobSource(Protocol):
 
     def new_job(
         self,
-        *,
         payout_script: bytes | None = None,
         share_weight: float = 0.0,
         clean: bool = False,
         now: float | None = None,
     ) -> Job:
-        """A job whose ``created_at`` is ``now`` (the session's clock: vardiff measures from it)."""
+        """A job whose ``created_at`` is ``now`` (the session's clock: vardiff measures from it).
+        The session passes the arguments by position (on every rig's every job, keywords cost
+        their matching)."""
         ...
 
     def submit_share(
@@ -673,10 +674,7 @@ class Session:
         hands it over at once (take_new_job)."""
         try:
             job = self.pool.new_job(
-                payout_script=self.address.script if self.solo and self.address else None,
-                share_weight=self.vardiff.weight,
-                clean=clean,
-                now=now,
+                self.address.script if self.solo and self.address else None, self.vardiff.weight, clean, now
             )
         except LookupError:
             return None  # no template (not once subscribed: the pool never forgets its template)
@@ -692,9 +690,14 @@ class Session:
         ids[at] = job_id
         at += 1
         self._job_ids_at = at if at < len(ids) else 0
-        if gone is not None:  # the history is full: its oldest job leaves it
+        if gone is not None:  # the history is full: its oldest job leaves for the expired ring
             self._jobs.pop(gone, None)
-            self._expire(gone)
+            expired = self._expired
+            if expired is None:
+                expired = self._expired = [None] * EXPIRED_HISTORY
+            at = self._expired_at
+            expired[at] = gone
+            self._expired_at = at + 1 if at + 1 < EXPIRED_HISTORY else 0
         self._current = job
         self._last_job_at = now
         if weight != self._last_weight:
@@ -705,14 +708,6 @@ class Session:
         self._seq = msgid + 1
         head, after_data, after_id, tail = _LINE_PARTS.get((terms, clean)) or _line_parts(terms, clean)
         return f"{head}{job.header.hex()}{after_data}{job_id}{after_id}{msgid}{tail}".encode("ascii")
-
-    def _expire(self, job_id: str) -> None:
-        expired = self._expired
-        if expired is None:
-            expired = self._expired = [None] * EXPIRED_HISTORY
-        at = self._expired_at
-        expired[at] = job_id
-        self._expired_at = at + 1 if at + 1 < EXPIRED_HISTORY else 0
 
     def _stale_data(self, job_id: str) -> dict[str, Any]:
         return {"current_job": self._current.job_id if self._current else None, "job_id": job_id}

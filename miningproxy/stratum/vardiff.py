@@ -67,10 +67,12 @@ class Vardiff:
 
     def job_sent(self, weight: float, now: float) -> None:
         """The rig was handed a job of ``weight`` (the weight actually sent, after the block cap)."""
-        if self._effective is None:  # nothing to mine before the first job
+        effective = self._effective
+        if effective is None:  # nothing to mine before the first job
             self._start = self._total_at = self._last_counted = self._next_idle_check = now
-        else:
-            self._integrate(now)
+        elif now > self._total_at:  # _integrate(now), inline: every rig gets a job on every block
+            self._total += (now - self._total_at) / 2.0**effective
+            self._total_at = now
         self._effective = weight
 
     def share(self, job_weight: float, job_sent_at: float, now: float) -> float | None:
