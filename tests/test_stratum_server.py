@@ -553,6 +553,26 @@ async def test_metrics_rigs_weights_and_per_worker_series_removed_on_disconnect(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_new_blocks_job_at_a_new_weight_is_counted_in_the_weight_histogram():
+    async with trio.open_nursery() as nursery:
+        h = await start(nursery)
+        rig = await Client.connect(h.port)
+        first = await rig.subscribe()
+        assert h.metric("miningproxy_vardiff_weight_count") == 1.0
+        (session,) = h.server.sessions()
+        session.vardiff._weight = first["weight"] / 2  # what a retarget would leave for the next job
+        await h.new_tip()
+        job = await rig.job()
+        assert job["weight"] == first["weight"] / 2 and job["clean"] is True
+        # The fan-out handed the job straight to the socket; the new weight still reached metrics.
+        assert h.metric("miningproxy_vardiff_weight_count") == 2.0
+        assert h.metric("miningproxy_vardiff_weight_sum") == first["weight"] * 1.5
+        await h.new_tip(TEMPLATES[0])
+        await rig.job()
+        assert h.metric("miningproxy_vardiff_weight_count") == 2.0  # the same weight again: no sample
+        nursery.cancel_scope.cancel()
+
+
 async def test_per_worker_series_are_off_by_default():
     async with trio.open_nursery() as nursery:
         h = await start(nursery)

@@ -26,6 +26,8 @@ from miningproxy.hathor.networks import BLOCK_DATA_MAX_SIZE
 from miningproxy.hathor.template import BlockTemplate
 
 JOB_ID_SIZE = 16  # bytes; 32 hex characters on the wire, as the node sends
+_PREFIX_SIZE = 4  # of the job id: random per process
+_COUNTER_SIZE = JOB_ID_SIZE - _PREFIX_SIZE  # of the job id: counts the process's jobs
 
 _sha256 = hashlib.sha256
 
@@ -59,7 +61,7 @@ class JobTerms:
 
     __slots__ = (
         "generation", "tip", "block_target", "timestamp", "assembler", "payout_script",
-        "share_weight", "share_target", "tag", "graph_prefix",
+        "share_weight", "share_target", "tag", "funds_hash", "graph_prefix",
     )  # fmt: skip
 
     def __init__(
@@ -79,6 +81,7 @@ class JobTerms:
         self.share_weight = share_weight
         self.share_target = target_bytes(share_weight)
         self.tag = tag
+        self.funds_hash = assembler.funds_hash  # a job's header is this, then its graph hash
         # The graph struct up to the job id, the last bytes of the block's data: a job's graph
         # hash is this plus its id, hashed.
         self.graph_prefix = assembler.graph_head(timestamp, len(tag) + JOB_ID_SIZE) + tag
@@ -191,7 +194,7 @@ class JobFactory:
         self._wallclock = wallclock
         # A random per-process prefix keeps job ids (and so block data) unique across restarts
         # and across several proxies mining for the same pool address.
-        self._prefix = os.urandom(4)
+        self._prefix = os.urandom(_PREFIX_SIZE)
         self._counter = itertools.count(1)
         if len(self._tag) + JOB_ID_SIZE > BLOCK_DATA_MAX_SIZE:
             raise ValueError(
@@ -254,6 +257,6 @@ class JobFactory:
             self._timestamp = timestamp
             self._second = math.floor(wall)
         terms = self._terms.get((payout_script, share_weight)) or self._new_terms(payout_script, share_weight)
-        id_bytes = self._prefix + next(self._counter).to_bytes(JOB_ID_SIZE - 4, "big")
+        id_bytes = self._prefix + next(self._counter).to_bytes(_COUNTER_SIZE, "big")
         graph_hash = _sha256(terms.graph_prefix + id_bytes).digest()
-        return Job(id_bytes.hex(), terms, terms.assembler.funds_hash + graph_hash, now, clean)
+        return Job(id_bytes.hex(), terms, terms.funds_hash + graph_hash, now, clean)

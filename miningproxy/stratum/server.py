@@ -435,24 +435,26 @@ class StratumServer:
                 jobs: list[tuple[_Connection, bytes, int]] = []  # new jobs alone, to write now
                 for conn in connections[start : start + FAN_OUT_BATCH]:
                     session = conn.session
-                    line = None
                     try:
                         # The usual rig: nothing queued, a socket we may write to at once. Its
                         # job's line is handed over directly, not queued and taken back.
-                        if conn.writable_now():
-                            line = session.take_new_job(clean, now)
-                        if line is None and session.new_work(clean, now):
+                        line = session.take_new_job(clean, now) if conn.writable_now() else None
+                        if line is not None:
+                            # A job changes neither the rig's miner nor its being a consumer;
+                            # only its events (a new weight) want settling.
+                            if session.events:
+                                self._settle(conn)
+                            jobs.append((conn, line, session.last_job_taken))
+                            # A job never brings the session's next deadline forward (it only
+                            # pushes job_interval back), so the timer sleeps on undisturbed.
+                            continue
+                        if session.new_work(clean, now):
                             conn.job_queued(signal)
                     except Exception:
                         log.exception("rig %s: cannot build its job; closing its connection", session.peer)
                         session.close("internal error")
                         conn.kill()
                     self._settle(conn)
-                    # A job never brings the session's next deadline forward (it only pushes
-                    # job_interval back), so the timer sleeps on undisturbed.
-                    if line is not None:
-                        jobs.append((conn, line, session.last_job_taken))
-                        continue
                     out = conn.take_output()
                     if isinstance(out, tuple):
                         writes.append((conn, *out))

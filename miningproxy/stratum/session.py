@@ -178,10 +178,10 @@ class Session:
     # Slotted: one per rig, and the fan-out touches every rig's on every block (attributes at
     # fixed offsets in the object, no per-instance dict: less memory, fewer cache misses).
     __slots__ = (
-        "_awaiting_address_until", "_current", "_events", "_expired", "_expired_at", "_job_at",
+        "_awaiting_address_until", "_current", "_expired", "_expired_at", "_job_at",
         "_job_ids", "_job_ids_at", "_jobs", "_last_job_at", "_last_weight", "_outbox", "_outbox_bytes", "_pending_version",
         "_seq", "_unsynced_accepts", "_version_asked", "accepted", "address", "blocks",
-        "client_version", "close_reason", "connected_at", "jobs_queued", "last_job_taken",
+        "client_version", "close_reason", "connected_at", "events", "jobs_queued", "last_job_taken",
         "last_share_at", "meter", "miner", "network", "peer", "pool", "rejected", "settings",
         "shutting_down", "solo", "subscribed", "user_agent", "vardiff", "version_rtt", "worker",
     )  # fmt: skip
@@ -241,7 +241,9 @@ class Session:
         self._outbox: list[bytes] = []  # encoded lines, in order
         self._job_at = -1  # where the one unsent job line is in _outbox (-1: none)
         self._outbox_bytes = 0
-        self._events: list[SessionEvent] = []
+        # Events for the server, in order; read it to see whether there are any, take them with
+        # take_events (the fan-out checks the list itself: no call per rig when it is empty).
+        self.events: list[SessionEvent] = []
         self._seq = 0  # ids of our requests: jobs "0", "1", ...; get_version an integer
         self.jobs_queued = 0  # jobs queued so far (the newest unsent one replaces older unsent ones)
         self.last_job_taken = 0  # jobs_queued as of the last data_to_send() that carried a job
@@ -300,10 +302,10 @@ class Session:
         return bool(self._outbox)
 
     def take_events(self) -> Sequence[SessionEvent]:
-        events = self._events
+        events = self.events
         if not events:
             return ()  # the server asks after every line and every job: no new list for nothing
-        self._events = []
+        self.events = []
         return events
 
     def next_deadline(self) -> float | None:
@@ -337,7 +339,7 @@ class Session:
         elif isinstance(event, LineTooLong):
             if self.close_reason is None:
                 limit = self.settings.max_line
-                self._events.append(LimitHit("max_line", f"line of more than {limit} bytes"))
+                self.events.append(LimitHit("max_line", f"line of more than {limit} bytes"))
                 self._penalize(self.settings.ban.garbage, "oversized line")
                 self._error(None, m.INVALID_REQUEST, {"message": f"line longer than {limit} bytes"})
         elif isinstance(event, NotUtf8):
@@ -403,7 +405,7 @@ class Session:
         if self.close_reason is not None:
             return
         if not self.subscribed and now >= self.connected_at + self.settings.subscribe_timeout:
-            self._events.append(
+            self.events.append(
                 LimitHit("subscribe_timeout", f"no subscribe in {self.settings.subscribe_timeout:g}s")
             )
             self.close("subscribe timeout")
@@ -702,7 +704,7 @@ class Session:
         self._last_job_at = now
         if weight != self._last_weight:
             self._last_weight = weight
-            self._events.append(WeightUsed(weight))
+            self.events.append(WeightUsed(weight))
         self.jobs_queued += 1
         msgid = self._seq
         self._seq = msgid + 1
@@ -715,7 +717,7 @@ class Session:
     def _reject(self, reason: str, msgid: Any, data: dict[str, Any]) -> None:
         """A share the pool never sees (its job is unknown here): answered and counted by us."""
         self.rejected[reason] += 1
-        self._events.append(ShareRejected(reason))
+        self.events.append(ShareRejected(reason))
         self._error(msgid, m.STALE_JOB if reason == "stale" else m.JOB_NOT_FOUND, data)
 
     def _next_id(self) -> int:
@@ -725,7 +727,7 @@ class Session:
 
     def _penalize(self, points: float, reason: str) -> None:
         if points > 0:
-            self._events.append(Penalty(points, reason))
+            self.events.append(Penalty(points, reason))
 
     def _reply(self, msgid: Any, value: Any) -> None:
         if value == "ok":
@@ -752,7 +754,7 @@ class Session:
         outbox.append(line)
         self._outbox_bytes += len(line)
         if self._outbox_bytes > self.settings.max_outbox:
-            self._events.append(
+            self.events.append(
                 LimitHit("max_outbox", f"{self._outbox_bytes} bytes queued for a rig that does not read")
             )
             outbox.clear()
