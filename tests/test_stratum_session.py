@@ -236,10 +236,26 @@ def test_a_new_job_is_handed_over_at_once_only_when_nothing_is_queued() -> None:
     assert session.take_new_job(False, 4.0) is not None
 
 
-def test_no_job_is_handed_over_to_a_rig_that_is_not_mining() -> None:
-    rig = Rig()
-    rig.pool.set_template()
-    assert rig.session.take_new_job(True, 1.0) is None and rig.session.jobs_queued == 0
+@pytest.mark.parametrize("state", ["not subscribed", "awaiting a solo address", "closing", "shutting down"])
+def test_no_job_is_handed_over_to_a_rig_that_is_not_mining(state) -> None:
+    """take_new_job and new_work agree on who gets jobs (a rig that ``mining`` says does)."""
+    if state == "awaiting a solo address":
+        rig = Rig(mode="solo")
+        rig.pool.set_template()
+        rig.call("subscribe", {})  # subscribed, but no payout address yet
+    else:
+        rig, _ = subscribed_rig() if state != "not subscribed" else (Rig(), None)
+        rig.pool.set_template()
+        if state == "closing":
+            rig.session.close("test")
+        elif state == "shutting down":
+            rig.session.begin_shutdown(0.5)
+    rig.read()
+    session = rig.session
+    queued = session.jobs_queued
+    assert not session.mining
+    assert session.take_new_job(True, 1.0) is None and session.jobs_queued == queued
+    assert not session.new_work(True, 1.0) and session.jobs_queued == queued and not session.has_output
 
 
 # --- shares -------------------------------------------------------------------------------------

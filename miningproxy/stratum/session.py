@@ -394,7 +394,14 @@ class Session:
         job's line, handed over at once (the fan-out writes it straight away). None when no job
         was made, or when output is queued (or an "ok" still waits for the record): then nothing
         changed, and ``new_work`` is the way."""
-        if self._outbox or self._unsynced_accepts or not self.mining:
+        if (
+            self._outbox
+            or self._unsynced_accepts
+            or not self.subscribed  # (not self.mining, spelled out: once per rig per block)
+            or self._awaiting_address_until is not None
+            or self.close_reason is not None
+            or self.shutting_down
+        ):
             return None
         line = self._job_line(now, clean=clean)
         if line is not None:
