@@ -60,8 +60,8 @@ class JobTerms:
     once), so a job itself is little more than its id and its header."""
 
     __slots__ = (
-        "generation", "tip", "block_target", "timestamp", "assembler", "payout_script",
-        "share_weight", "share_target", "tag", "funds_hash", "graph_prefix",
+        "generation", "tip", "block_target", "timestamp", "assembler", "share_weight",
+        "share_target", "tag", "funds_hash", "graph_prefix",
     )  # fmt: skip
 
     def __init__(
@@ -77,7 +77,6 @@ class JobTerms:
         self.block_target = generation.block_target
         self.timestamp = timestamp
         self.assembler = assembler
-        self.payout_script = assembler.script
         self.share_weight = share_weight
         self.share_target = target_bytes(share_weight)
         self.tag = tag
@@ -150,7 +149,7 @@ class Job:
 
     @property
     def payout_script(self) -> bytes:
-        return self.terms.payout_script
+        return self.terms.assembler.script
 
     @property
     def share_weight(self) -> float:

@@ -11,7 +11,6 @@ JSON-RPC errors with a code <= -32600 close the connection after they are sent.
 
 from __future__ import annotations
 
-import functools
 import json
 import math
 from json.encoder import encode_basestring_ascii
@@ -61,16 +60,20 @@ def encode_job(
     """``encode(request(str(msgid), "job", {...}))`` byte for byte, by formatting: a job goes to
     every rig on every new block. ``data``, ``job_id`` and ``parent_hash`` are hex (nothing to
     escape); ``weight`` is written as the encoder writes a float (``float.__repr__``)."""
-    head, after_data, after_id, tail = job_parts(nonce_size, weight, clean, parent_hash)
+    return job_line(job_parts(nonce_size, weight, clean, parent_hash), data, job_id, msgid)
+
+
+def job_line(parts: tuple[str, str, str, str], data: str, job_id: str, msgid: int) -> bytes:
+    """A job line from its :func:`job_parts` and what is the job's own: an f-string of the parts
+    is half the cost of a %-format of the whole line."""
+    head, after_data, after_id, tail = parts
     return f"{head}{data}{after_data}{job_id}{after_id}{msgid:d}{tail}".encode("ascii")
 
 
-@functools.lru_cache(maxsize=256)
 def job_parts(nonce_size: int, weight: float, clean: bool, parent_hash: str) -> tuple[str, str, str, str]:
     """``encode_job``'s line around its data, job id and id: the line is ``head + data + after_data
-    + job_id + after_id + str(msgid) + tail``. What the jobs of one template and one weight share
-    is written once (a fan-out asks for the same few for every rig), and an f-string of the parts
-    is half the cost of a %-format of the whole."""
+    + job_id + after_id + str(msgid) + tail``. What the jobs of one template and one weight share:
+    a caller that sends many keeps them (the session, per job terms)."""
     if not math.isfinite(weight):
         raise ValueError(f"Out of range float values are not JSON compliant: {weight!r}")
     return (

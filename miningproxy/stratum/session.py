@@ -178,10 +178,10 @@ class Session:
     # Slotted: one per rig, and the fan-out touches every rig's on every block (attributes at
     # fixed offsets in the object, no per-instance dict: less memory, fewer cache misses).
     __slots__ = (
-        "_awaiting_address_until", "_current", "_expired", "_expired_at", "_job_at",
-        "_job_ids", "_job_ids_at", "_jobs", "_last_job_at", "_last_weight", "_outbox", "_outbox_bytes", "_pending_version",
-        "_seq", "_unsynced_accepts", "_version_asked", "accepted", "address", "blocks",
-        "client_version", "close_reason", "connected_at", "events", "jobs_queued", "last_job_taken",
+        "_awaiting_address_until", "_current", "_expired", "_expired_at", "_job_at", "_job_ids",
+        "_job_ids_at", "_jobs", "_last_job_at", "_last_weight", "_outbox", "_outbox_bytes",
+        "_pending_version", "_seq", "_unsynced_accepts", "_version_asked", "accepted", "address",
+        "blocks", "client_version", "close_reason", "connected_at", "events", "jobs_queued", "last_job_taken",
         "last_share_at", "meter", "miner", "network", "peer", "pool", "rejected", "settings",
         "shutting_down", "solo", "subscribed", "user_agent", "vardiff", "version_rtt", "worker",
     )  # fmt: skip
@@ -704,9 +704,9 @@ class Session:
             expired = self._expired
             if expired is None:
                 expired = self._expired = [None] * EXPIRED_HISTORY
-            at = self._expired_at
-            expired[at] = gone
-            self._expired_at = at + 1 if at + 1 < EXPIRED_HISTORY else 0
+            slot = self._expired_at
+            expired[slot] = gone
+            self._expired_at = slot + 1 if slot + 1 < EXPIRED_HISTORY else 0
         self._current = job
         self._last_job_at = now
         if weight != self._last_weight:
@@ -715,8 +715,8 @@ class Session:
         self.jobs_queued += 1
         msgid = self._seq
         self._seq = msgid + 1
-        head, after_data, after_id, tail = _LINE_PARTS.get((terms, clean)) or _line_parts(terms, clean)
-        return f"{head}{job.header.hex()}{after_data}{job_id}{after_id}{msgid}{tail}".encode("ascii")
+        parts = _LINE_PARTS.get((terms, clean)) or _line_parts(terms, clean)
+        return m.job_line(parts, job.header.hex(), job_id, msgid)
 
     def _stale_data(self, job_id: str) -> dict[str, Any]:
         return {"current_job": self._current.job_id if self._current else None, "job_id": job_id}
@@ -780,7 +780,8 @@ def _is_address_elsewhere(text: str) -> bool:
 
 
 # The job line's parts for each (terms, clean) of late (see messages.job_parts): every rig at one
-# weight in a fan-out gets a job on the same terms, so all but the first find theirs here.
+# weight in a fan-out gets a job on the same terms, so all but the first find theirs here. The
+# only cache of them: an entry is a dict lookup, where a call with four arguments to hash was not.
 _LINE_PARTS: dict[tuple[JobTerms, bool], tuple[str, str, str, str]] = {}
 _MAX_LINE_PARTS = 256
 
