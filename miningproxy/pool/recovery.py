@@ -1,10 +1,14 @@
 """Blocks found before a restart whose fate the record never got: settle them against the node.
 
-The pool record says ``POOL_BLOCK_FOUND`` before a block goes upstream, and its fate
-(``POOL_BLOCK_ACCEPTED`` / ``POOL_BLOCK_REJECTED``) once the node has decided. A proxy stopped in
-between (SIGKILL, a crash, a SIGTERM whose grace ran out) leaves a found block without a fate: a
-block reported found and then forgotten. On start-up the record is scanned up to its last event
-before this run, and each such block is judged against the node once it serves templates:
+The pool record says ``POOL_BLOCK_FOUND`` in the step that writes the block upstream (the block
+first: it is never held up for the record), durable at the record's next commit a few ms later,
+before the rig hears "ok" for it; and its fate (``POOL_BLOCK_ACCEPTED`` / ``POOL_BLOCK_REJECTED``)
+once the node has decided. A proxy killed within those few ms loses the found block's record (the
+node may still take the block: it pays the pool's address, but the record does not credit it). A
+proxy stopped between the commit and the fate (SIGKILL, a crash, a SIGTERM whose grace ran out)
+leaves a found block without a fate: a block reported found and then forgotten. On start-up the
+record is scanned up to its last event before this run, and each such block is judged against the
+node once it serves templates:
 
 1. the node's tip is the block -> accepted;
 2. the node's ``/v1a/transaction?id=`` knows it (needs the node's wallet index): accepted, or
