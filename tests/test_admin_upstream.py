@@ -155,9 +155,9 @@ async def test_pool_view_projects_pool_state():
         MinerId(PRIVATENET_ADDRESS, "rig2"),
         MinerId("Wx", "a"),
     )
-    pool.stats.accepted(rig1, 10.0, now)
-    pool.stats.accepted(rig2, 10.0, now)
-    pool.stats.accepted(other, 10.0, now)
+    pool.stats.accepted(rig1, 2.0**10, now)  # the work of a share at weight 10
+    pool.stats.accepted(rig2, 2.0**10, now)
+    pool.stats.accepted(other, 2.0**10, now)
     pool.stats.rejected(rig1, "stale")
     pool.stats.block(rig2)
     found = FoundBlock(b"\x01" * 32, 5, rig2, "job", 123.0)

@@ -22,8 +22,8 @@ def test_equal_identities_are_one_key_and_different_ones_are_not(a1, w1, a2, w2)
 def test_shares_credited_under_fresh_but_equal_identities_add_up():
     stats = PoolStats()
     for now in range(3):
-        stats.accepted(MinerId("WXYZ", "rig1"), 1.0, float(now))
-    stats.accepted(MinerId("WXYZ", "rig2"), 1.0, 3.0)
+        stats.accepted(MinerId("WXYZ", "rig1"), 2.0, float(now))
+    stats.accepted(MinerId("WXYZ", "rig2"), 2.0, 3.0)
     assert stats.miners[MinerId("WXYZ", "rig1")].accepted == 3
     assert stats.miners[MinerId("WXYZ", "rig2")].accepted == 1
     assert stats.pool.accepted == 4

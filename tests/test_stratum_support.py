@@ -84,7 +84,7 @@ class FakePool:
         result = check_share(job, nonce, self.tip)
         self.shares.append((miner, job, nonce, result))
         if result.accepted:
-            self.stats.accepted(miner, job.share_weight, arrived_at or self.now)
+            self.stats.accepted(miner, job.terms.share_work, arrived_at or self.now)
         else:
             self.stats.rejected(miner, result.reason)
         return result

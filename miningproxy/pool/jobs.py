@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from functools import cached_property, lru_cache
 
 from hashing.header import HeaderHasher
-from hashing.pow import target_to_bytes, weight_to_target
+from hashing.pow import target_to_bytes, weight_to_target, work_of
 from miningproxy.hathor.assembly import AssembledBlock, BlockAssembler, clamp_timestamp
 from miningproxy.hathor.networks import BLOCK_DATA_MAX_SIZE
 from miningproxy.hathor.template import BlockTemplate
@@ -61,7 +61,7 @@ class JobTerms:
 
     __slots__ = (
         "generation", "tip", "block_target", "timestamp", "assembler", "share_weight",
-        "share_target", "tag", "funds_hash", "graph_prefix",
+        "share_target", "share_work", "tag", "funds_hash", "graph_prefix",
     )  # fmt: skip
 
     def __init__(
@@ -79,6 +79,7 @@ class JobTerms:
         self.assembler = assembler
         self.share_weight = share_weight
         self.share_target = target_bytes(share_weight)
+        self.share_work = work_of(share_weight)  # what each accepted share credits (2**weight hashes)
         self.tag = tag
         self.funds_hash = assembler.funds_hash  # a job's header is this, then its graph hash
         # The graph struct up to the job id, the last bytes of the block's data: a job's graph
@@ -93,7 +94,9 @@ class Job:
     demand: the header's midstate, the set of nonces seen, the assembled block. Hot paths read
     ``job.terms`` directly; the properties are for everyone else."""
 
-    __slots__ = ("job_id", "terms", "header", "created_at", "clean", "_hasher", "_seen")
+    # ``midstate`` and ``seen`` are made at the job's first share (check_share fills them in:
+    # the share path reads them without a property call); most jobs never see one.
+    __slots__ = ("job_id", "terms", "header", "created_at", "clean", "midstate", "seen")
 
     def __init__(self, job_id: str, terms: JobTerms, header: bytes, created_at: float, clean: bool) -> None:
         self.job_id = job_id
@@ -101,23 +104,23 @@ class Job:
         self.header = header
         self.created_at = created_at
         self.clean = clean
-        self._hasher: HeaderHasher | None = None
-        self._seen: set[int] | None = None
+        self.midstate: HeaderHasher | None = None
+        self.seen: set[int] | None = None
 
     @property
     def hasher(self) -> HeaderHasher:
         """The header's SHA-256 midstate, made at the first share (most jobs never see one)."""
-        hasher = self._hasher
+        hasher = self.midstate
         if hasher is None:
-            hasher = self._hasher = HeaderHasher(self.header)
+            hasher = self.midstate = HeaderHasher(self.header)
         return hasher
 
     @property
     def seen_nonces(self) -> set[int]:
         """Normalized nonces already credited on this job (duplicate detection)."""
-        seen = self._seen
+        seen = self.seen
         if seen is None:
-            seen = self._seen = set()
+            seen = self.seen = set()
         return seen
 
     @property

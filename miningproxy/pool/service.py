@@ -322,7 +322,7 @@ class PoolService:
             self.stats.rejected(miner, result.reason)
             self.metrics.shares.labels("rejected", result.reason).inc()
             return result, None
-        self.stats.accepted(miner, terms.share_weight, arrived_at)
+        self.stats.accepted(miner, terms.share_work, arrived_at)
         self._shares_ok.value += 1
         if block is not None:
             self._block_found(miner, job, block, arrived_at)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from functools import partial
 from typing import NamedTuple
 
-from hashing.header import NONCE_SIZE
+from hashing.header import NONCE_SIZE, HeaderHasher
 from miningproxy.pool.jobs import Job
 
 MAX_NONCE = (1 << (8 * NONCE_SIZE)) - 1
@@ -41,10 +41,15 @@ def check_share(job: Job, nonce: int, tip: bytes | None) -> ShareResult:
     terms = job.terms
     if terms.tip != tip:
         return STALE
-    seen = job.seen_nonces
-    if nonce in seen:
+    seen = job.seen  # (job.seen_nonces and job.hasher, without their calls: every share)
+    if seen is None:
+        seen = job.seen = set()
+    elif nonce in seen:
         return DUPLICATE
-    block_hash = job.hasher.hash_nonce_bytes(nonce.to_bytes(NONCE_SIZE, "big"))
+    hasher = job.midstate
+    if hasher is None:
+        hasher = job.midstate = HeaderHasher(job.header)
+    block_hash = hasher.hash_nonce_bytes(nonce.to_bytes(NONCE_SIZE, "big"))
     if block_hash >= terms.share_target:
         return _result((False, "invalid-solution", block_hash, False))
     seen.add(nonce)

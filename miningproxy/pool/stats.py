@@ -9,7 +9,6 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass, field
 
-from hashing.pow import work_of
 from miningproxy.pool.hashrate import HashrateMeter
 
 
@@ -56,8 +55,8 @@ class PoolStats:
             stats = self.miners[miner] = MinerStats()
         return stats
 
-    def accepted(self, miner: MinerId, share_weight: float, now: float) -> None:
-        work = work_of(share_weight)
+    def accepted(self, miner: MinerId, work: float, now: float) -> None:
+        """A share worth ``work`` hashes (``work_of`` its weight; the job's terms keep it)."""
         stats = self.miners.get(miner) or self._miner(miner)
         stats.accepted += 1
         stats.last_share_at = now

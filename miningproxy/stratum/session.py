@@ -44,7 +44,6 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from hashing.header import NONCE_SIZE
-from hashing.pow import work_of
 from miningproxy.hathor.addresses import Address, AddressError, decode_address
 from miningproxy.hathor.networks import Network
 from miningproxy.pool.hashrate import HashrateMeter
@@ -587,12 +586,12 @@ class Session:
         self.accepted += 1
         self._unsynced_accepts = True
         self.last_share_at = now
-        weight = job.terms.share_weight
-        self.meter.add(now, work_of(weight))
+        terms = job.terms
+        self.meter.add(now, terms.share_work)
         if outcome.is_block:
             self.blocks += 1
         self._push_line(m.encode_ok(msgid))  # _reply(msgid, "ok"), one call shorter: every share
-        if self.vardiff.share(weight, job.created_at, now) is not None and self.mining:
+        if self.vardiff.share(terms.share_weight, job.created_at, now) is not None and self.mining:
             self._send_job(now, clean=False)  # a retarget changes the next job only
 
     def _configure(self, params: Any, msgid: Any, now: float) -> None:
