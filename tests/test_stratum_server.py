@@ -570,6 +570,7 @@ async def test_a_new_blocks_job_at_a_new_weight_is_counted_in_the_weight_histogr
         await h.new_tip(TEMPLATES[0])
         await rig.job()
         assert h.metric("miningproxy_vardiff_weight_count") == 2.0  # the same weight again: no sample
+        assert h.metric("miningproxy_jobs_sent_total") == 3.0  # the session asks the factory itself
         nursery.cancel_scope.cancel()
 
 

@@ -43,8 +43,8 @@ class FakePool:
     the real check_share, time set by the test."""
 
     def __init__(self, *, address: str = PRIVATENET_ADDRESS) -> None:
-        self.jobs = JobFactory("t", wallclock=lambda: 1795814406)
         self.payout_script = decode_address(address).script
+        self.jobs = JobFactory("t", payout_script=self.payout_script, wallclock=lambda: 1795814406)
         self.stats = PoolStats()
         self.now = 0.0
         self.shares: list[tuple[MinerId, Job, int, ShareResult]] = []
@@ -71,12 +71,7 @@ class FakePool:
         clean: bool = False,
         now: float | None = None,
     ) -> Job:
-        return self.jobs.new_job(
-            payout_script or self.payout_script,
-            share_weight,
-            now=self.now if now is None else now,
-            clean=clean,
-        )
+        return self.jobs.new_job(payout_script, share_weight, self.now if now is None else now, clean)
 
     def submit_share(
         self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None

@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
+from types import SimpleNamespace
+from typing import Any
 
 from hashing.header import HeaderHasher
 from hashing.pow import target_to_bytes, weight_to_target, work_of
@@ -188,11 +190,16 @@ class JobFactory:
         self,
         tag: str,
         *,
+        payout_script: bytes = b"",
+        made: Any = None,
         wallclock: Callable[[], float] = time.time,
         max_assemblers: int = 4096,
         max_terms: int = 4096,
     ) -> None:
         self._tag = tag.encode()
+        self.payout_script = payout_script  # the default: jobs that pay the pool
+        # Counts the jobs made (``.value``; the pool's jobs_sent metric): once per rig per block.
+        self._made = made if made is not None else SimpleNamespace(value=0)
         self._wallclock = wallclock
         # A random per-process prefix keeps job ids (and so block data) unique across restarts
         # and across several proxies mining for the same pool address.
@@ -245,12 +252,15 @@ class JobFactory:
         self._terms[payout_script, share_weight] = terms
         return terms
 
-    def new_job(self, payout_script: bytes, share_weight: float, now: float, clean: bool) -> Job:
-        """A fresh job for one consumer. ``now`` is trio time (for ages); the block timestamp comes
-        from the wall clock, clamped into the template's range."""
+    def new_job(self, payout_script: bytes | None, share_weight: float, now: float, clean: bool) -> Job:
+        """A fresh job for one consumer, paying ``payout_script`` (None: the pool's). ``now`` is
+        trio time (for ages); the block timestamp comes from the wall clock, clamped into the
+        template's range. Stratum sessions call this directly, once per rig per block; with
+        arguments by position (keywords cost their matching on every call)."""
         generation = self._generation
         if generation is None:
             raise LookupError("no template yet")
+        payout_script = payout_script or self.payout_script
         wall = self._wallclock()
         if not self._second <= wall < self._second + 1.0:  # a new second (or a clock gone back)
             timestamp = clamp_timestamp(generation.template, wall)
@@ -261,4 +271,5 @@ class JobFactory:
         terms = self._terms.get((payout_script, share_weight)) or self._new_terms(payout_script, share_weight)
         id_bytes = self._prefix + next(self._counter).to_bytes(_COUNTER_SIZE, "big")
         graph_hash = _sha256(terms.graph_prefix + id_bytes).digest()
+        self._made.value += 1
         return Job(id_bytes.hex(), terms, terms.funds_hash + graph_hash, now, clean)

@@ -107,9 +107,10 @@ class PoolService:
         self.upstream = upstream
         self.metrics = metrics
         self._shares_ok = metrics.shares.labels("accepted", "ok")  # per share: skip the label lookup
-        self._jobs_sent = metrics.jobs_sent
         self.payout_script = decode_address(address).script
-        self.jobs = JobFactory(tag, wallclock=wallclock)
+        self.jobs = JobFactory(
+            tag, payout_script=self.payout_script, made=metrics.jobs_sent, wallclock=wallclock
+        )
         self.job_refresh = job_refresh
         self.work: LatestValue[WorkSignal] = LatestValue()
         self.stats = PoolStats()
@@ -261,15 +262,11 @@ class PoolService:
         clean: bool = False,
         now: float | None = None,
     ) -> Job:
-        """A job for one consumer; ``now`` (trio time) when the caller has it at hand."""
-        job = self.jobs.new_job(
-            payout_script or self.payout_script,
-            share_weight,
-            trio.current_time() if now is None else now,
-            clean,
+        """A job for one consumer (None: paying the pool); ``now`` (trio time) when the caller has it
+        at hand. Stratum sessions call ``jobs.new_job`` itself."""
+        return self.jobs.new_job(
+            payout_script, share_weight, trio.current_time() if now is None else now, clean
         )
-        self._jobs_sent.value += 1  # (LoopCounter.inc without the call: once per rig per block)
-        return job
 
     def submit_share(
         self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None

@@ -66,23 +66,23 @@ _HEX = re.compile(r"[0-9a-fA-F]+")
 _WORKER_UNSAFE = re.compile(r"[^\x21-\x7e]")
 
 
+class JobMaker(Protocol):
+    """Makes the jobs (``JobFactory``): the session asks it directly, once per rig per block."""
+
+    def new_job(self, payout_script: bytes | None, share_weight: float, now: float, clean: bool) -> Job:
+        """A job paying ``payout_script`` (None: the pool), created at ``now`` (the session's
+        clock: vardiff measures from it)."""
+        ...
+
+
 class JobSource(Protocol):
     """What a session needs from the pool (``PoolService`` has exactly this)."""
 
     @property
     def generation(self) -> Generation | None: ...
 
-    def new_job(
-        self,
-        payout_script: bytes | None = None,
-        share_weight: float = 0.0,
-        clean: bool = False,
-        now: float | None = None,
-    ) -> Job:
-        """A job whose ``created_at`` is ``now`` (the session's clock: vardiff measures from it).
-        The session passes the arguments by position (on every rig's every job, keywords cost
-        their matching)."""
-        ...
+    @property
+    def jobs(self) -> JobMaker: ...
 
     def submit_share(
         self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None
@@ -681,8 +681,8 @@ class Session:
         the pool has no template. The caller queues the line or, with nothing queued before it,
         hands it over at once (take_new_job)."""
         try:
-            job = self.pool.new_job(
-                self.address.script if self.solo and self.address else None, self.vardiff.weight, clean, now
+            job = self.pool.jobs.new_job(
+                self.address.script if self.solo and self.address else None, self.vardiff.weight, now, clean
             )
         except LookupError:
             return None  # no template (not once subscribed: the pool never forgets its template)
