@@ -153,6 +153,18 @@ def test_no_template_yet():
         JobFactory("t").new_job(PRIVATENET_SCRIPT, 1.0, now=0.0, clean=True)
 
 
+def test_a_job_pays_the_script_given_or_the_factorys_default_never_nobody():
+    template = TEMPLATES[0]
+    pooled = JobFactory("t", payout_script=OTHER_SCRIPT, wallclock=lambda: NOW)
+    pooled.set_generation(Generation(1, template, "node-a", 0.0))
+    for script, pays in ((None, OTHER_SCRIPT), (PRIVATENET_SCRIPT, PRIVATENET_SCRIPT)):
+        job = pooled.new_job(script, 4.0, 0.0, True)
+        assert parse_block(job.assembled.struct(0)).outputs[0].script == pays == job.payout_script
+    bare = factory()  # no default payout script
+    with pytest.raises(ValueError, match="payout script"):
+        bare.new_job(None, 4.0, 0.0, True)
+
+
 OTHER_SCRIPT = bytes.fromhex("76a914") + bytes(range(20)) + bytes.fromhex("88ac")
 
 

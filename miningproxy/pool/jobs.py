@@ -242,6 +242,8 @@ class JobFactory:
         return assembler
 
     def _new_terms(self, payout_script: bytes, share_weight: float) -> JobTerms:
+        if not payout_script:  # (here, made once per script and weight, not in new_job)
+            raise ValueError("a job needs a payout script: none given, and the factory has no default")
         generation = self._generation
         assert generation is not None
         block_weight = generation.template.weight
