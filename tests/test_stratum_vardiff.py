@@ -194,6 +194,43 @@ def test_settings_are_checked():
         VardiffSettings(min_weight=10, max_weight=5, initial_weight=10).check()
     with pytest.raises(SettingsError, match="stratum.vardiff.min_weight"):
         VardiffSettings(min_weight=0).check()
+    for bad in (0.0, -0.5, 2.0, math.nan):
+        with pytest.raises(SettingsError, match="stratum.vardiff.weight_step"):
+            VardiffSettings(weight_step=bad).check()
+
+
+@given(
+    hashrate=st.floats(1e2, 1e9),  # (faster rigs flood the simulation with their first easy shares)
+    seed=st.integers(0, 2**32),
+    step=st.sampled_from([0.0625, 0.1, 0.25, 1.0]),
+    idle_at=st.floats(60, 900),
+)
+@settings(max_examples=60, deadline=None)
+def test_every_retarget_lands_on_the_weight_grid(hashrate, seed, step, idle_at):
+    # Rigs of any speed, ramping, converging and going idle: every weight they are sent is a
+    # multiple of weight_step, or a bound (min/max weight, which an operator may set off the grid).
+    settings = VardiffSettings(weight_step=step, min_weight=10.3, max_weight=60.7)
+    rig = SimRig(hashrate, seed, settings=settings, stop_at=idle_at)
+    rig.run_until(1200.0)
+    sent = {w for _, w in rig.weights}
+    assert len(sent) > 1, "no retarget: the test saw nothing"
+    for weight in sent:
+        assert weight in (10.3, 60.7) or math.isclose(weight / step, round(weight / step), abs_tol=1e-9), (
+            weight,
+            sorted(sent),
+        )
+
+
+def test_rigs_of_one_kind_share_a_few_weights():
+    # Sixty rigs of about the same speed (within 10%) end up on far fewer weights than sixty (the
+    # estimates scatter, but over a grid of 1/16): what lets the fan-out build each weight's job
+    # terms once per block rather than once per rig.
+    rigs = [SimRig(5e9 * (1 + 0.0017 * i), seed=i) for i in range(60)]
+    for rig in rigs:
+        rig.run_until(600.0)
+    final = {rig.vardiff.weight for rig in rigs}
+    assert len(final) <= 24, sorted(final)
+    assert all(abs(w - ideal(5e9)) < 1.5 for w in final)
 
 
 class _AlwaysEvaluating(Vardiff):

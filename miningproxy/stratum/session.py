@@ -782,7 +782,7 @@ def _is_address_elsewhere(text: str) -> bool:
 # weight in a fan-out gets a job on the same terms, so all but the first find theirs here. The
 # only cache of them: an entry is a dict lookup, where a call with four arguments to hash was not.
 _LINE_PARTS: dict[tuple[JobTerms, bool], tuple[str, str, str, str]] = {}
-_MAX_LINE_PARTS = 256
+_MAX_LINE_PARTS = 4096  # (as many as the factory keeps terms: a weight per rig must not thrash it)
 
 
 def _line_parts(terms: JobTerms, clean: bool) -> tuple[str, str, str, str]:

@@ -34,6 +34,9 @@ class VardiffSettings:
     retarget_time: float = 120.0  # ...or this many seconds, whichever comes first
     idle_after: float = 60.0  # no share for this long lowers the weight (2 intervals while ramping)
     min_change: float = 0.5  # smaller corrections are not worth a new job
+    # Retargets land on multiples of this: rigs then share a few weights, and every rig at one
+    # weight gets its job on the same terms (built once per block, not once per rig).
+    weight_step: float = 0.0625
 
     def check(self, prefix: str = "stratum.vardiff") -> None:
         _positive(f"{prefix}.target_interval", self.target_interval, hi=3600)
@@ -54,6 +57,11 @@ class VardiffSettings:
         _positive(f"{prefix}.idle_after", self.idle_after, hi=86400)
         if not _finite(self.min_change) or not 0 <= self.min_change <= 16:
             raise SettingsError(f"{prefix}.min_change", f"must lie in [0, 16], got {self.min_change!r}")
+        if not _finite(self.weight_step) or not 0 < self.weight_step <= 1:
+            raise SettingsError(
+                f"{prefix}.weight_step",
+                f"must lie in (0, 1] (0.0625: steps of 1/16), got {self.weight_step!r}",
+            )
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,10 @@ weight that makes shares arrive every ``target_interval`` seconds is ``log2(H * 
   interval) down to ``min_weight``; it is never disconnected for being idle.
 - Shares of jobs sent before the last weight change do not count: they say nothing about the new
   weight, and a fast rig still working through an old easy job would otherwise look even faster.
+- A new weight is rounded to a multiple of ``weight_step`` (1/16 by default: 4% in share rate, far
+  below ``min_change``), so that a pool's rigs share a few weights: the jobs of one block at one
+  weight are made on the same terms, once, where a weight of its own per rig would cost every rig
+  its own (measured: the job build per rig about doubled with 1,000 distinct weights).
 - The weight never exceeds the block weight (``ceiling``): such shares are blocks already; when
   blocks get heavier again, the next retarget raises the weight.
 """
@@ -169,7 +173,8 @@ class Vardiff:
         return self._set(target, now, IDLE_MIN_CHANGE)
 
     def _set(self, target: float, now: float, min_change: float) -> float | None:
-        target = self._clamp(target)
+        step = self.settings.weight_step
+        target = self._clamp(round(target / step) * step if math.isfinite(target) else target)
         if abs(target - self._weight) < min_change:
             return None
         before = self.weight
