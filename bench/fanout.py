@@ -23,6 +23,9 @@ from bench.common import Child, median, percentile
 
 GOALS_P99 = {1000: 0.025, 10000: 0.250}
 SHARE_WEIGHT = 16.0  # pinned: no vardiff retarget sends jobs of its own during a round
+# The rigs hold this many weights (16 and up, in vardiff's steps of 1/16), pinned rig by rig: a
+# pool's rigs sit on a few dozen weights, and each weight's jobs are on terms of their own.
+WEIGHT_SPREAD = 64
 CURVE_POINTS = 200
 
 
@@ -36,6 +39,8 @@ def _setup(kind: str, size: int) -> tuple[Child, Child, Child]:
             f"http://127.0.0.1:{node_port}/v1a/",
             "--share-weight",
             str(SHARE_WEIGHT),
+            "--weight-spread",
+            str(WEIGHT_SPREAD),
         )
     else:
         args = ("bare", "--node", f"ws://127.0.0.1:{node_port}/v1a/mining_ws")
@@ -82,7 +87,12 @@ def run(
 ) -> dict[str, Any]:
     sizes = sizes or ((100, 1000) if quick else (100, 1000, 10000))
     rounds = rounds or (2 if quick else 5)
-    result: dict[str, Any] = {"rounds": rounds, "sizes": {}}
+    result: dict[str, Any] = {
+        "rounds": rounds,
+        "share_weight": SHARE_WEIGHT,
+        "weight_spread": WEIGHT_SPREAD,
+        "sizes": {},
+    }
     measure = "kernel"  # "read" if some round had no kernel stamps
     for size in sizes:
         children: dict[str, tuple[Child, Child, Child]] = {}

@@ -209,7 +209,14 @@ def _section_share_path(r: dict[str, Any]) -> list[str]:
 def _section_fanout(r: dict[str, Any]) -> list[str]:
     lines = [
         f"{r['rounds']} rounds per size, baseline and proxy interleaved; medians over rounds. Latency: "
-        "from the node's `mining.notify` to the kernel's receive stamp of the job on the rig's socket.",
+        "from the node's `mining.notify` to the kernel's receive stamp of the job on the rig's socket."
+        + (
+            f" The rigs hold {r['weight_spread']} share weights ({r['share_weight']:g} and up in "
+            "vardiff's steps of 1/16, pinned rig by rig), as a pool's rigs do: each weight's jobs "
+            "are on terms of their own."
+            if r.get("weight_spread", 1) > 1
+            else ""
+        ),
         "",
     ]
     body = []

@@ -117,6 +117,34 @@ class FakeUpstream:
         return SimpleNamespace(status="accepted", reason="", node="fake")
 
 
+def _pin_spread_weights(lowest: float, count: int) -> None:
+    """Give the server's rigs ``count`` different share weights, pinned: ``lowest`` and the next
+    ``count - 1`` steps of vardiff's grid, one rig after the other. A pool's rigs sit on a few
+    dozen weights, not one; a fan-out builds each weight's job terms once. (The server makes its
+    sessions from the name ``Session`` in its module: here a subclass that swaps in a pinned
+    vardiff after the usual set-up.)"""
+    import itertools
+
+    import miningproxy.stratum.server as server_module
+    from miningproxy.stratum.session import Session
+    from miningproxy.stratum.settings import VardiffSettings
+    from miningproxy.stratum.vardiff import Vardiff
+
+    step = VardiffSettings().weight_step
+    pinned = [VardiffSettings(initial_weight=w, min_weight=w, max_weight=w) for w in
+              (lowest + k * step for k in range(count))]  # fmt: skip
+    turn = itertools.cycle(pinned)
+
+    class SpreadSession(Session):
+        __slots__ = ()
+
+        def __init__(self, *args: Any, now: float, **kwargs: Any) -> None:
+            super().__init__(*args, now=now, **kwargs)
+            self.vardiff = Vardiff(next(turn), now)
+
+    server_module.Session = SpreadSession  # type: ignore[misc]
+
+
 async def serve_stratum(args: argparse.Namespace) -> None:
     from bench.common import PRIVATENET_ADDRESS
     from miningproxy import gcpolicy
@@ -149,6 +177,8 @@ async def serve_stratum(args: argparse.Namespace) -> None:
     if args.share_weight:
         w = args.share_weight  # pinned: no retarget ever sends a new job mid-measurement
         vardiff = VardiffSettings(initial_weight=w, min_weight=w, max_weight=w)
+        if args.weight_spread > 1:
+            _pin_spread_weights(w, args.weight_spread)
     settings = StratumSettings(
         listen=("127.0.0.1", 0),
         max_connections=1_000_000,
@@ -293,6 +323,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", help="ws:// URL of the fake node (stratum: its mining_ws base http URL)")
     parser.add_argument("--record", action="store_true", help="stratum: the durable pool record on")
     parser.add_argument("--share-weight", type=float, default=0.0, help="stratum: pin the share weight")
+    parser.add_argument(
+        "--weight-spread", type=int, default=1, help="stratum with --share-weight: rigs on this many weights"
+    )
     parser.add_argument("--block-weight", type=float, default=60.0, help="stratum without --node")
     parser.add_argument("--job-interval", type=float, default=300.0)
     args = parser.parse_args(argv)

@@ -183,3 +183,28 @@ def test_the_rig_simulator_reads_the_nodes_spelling_of_jobs_and_replies(monkeypa
         assert (sim.ok, sim.errors, rig.inflight) == (2, 1, 0)
     finally:
         rig.sock.close()
+
+
+def test_the_fanout_proxy_gives_its_rigs_a_spread_of_weights() -> None:
+    # Figure 2 runs the proxy with --weight-spread: rig after rig gets the next weight of the
+    # grid, so the fan-out builds terms per weight as it does for a real pool's rigs.
+    server = Child("bench.servers", "stratum", "--share-weight", "16", "--weight-spread", "3", name="proxy")
+    rigs = []
+    try:
+        port = server.receive()["port"]
+        weights = []
+        for _ in range(4):
+            rig = socket.create_connection(("127.0.0.1", port), timeout=10)
+            rigs.append(rig)
+            rig.sendall(b'{"id": 1, "method": "subscribe", "params": {}}\n')
+            reader = rig.makefile("rb")
+            while True:
+                message = json.loads(reader.readline())
+                if message.get("method") == "job":
+                    weights.append(message["params"]["weight"])
+                    break
+        assert weights == [16.0, 16.0625, 16.125, 16.0]
+    finally:
+        for rig in rigs:
+            rig.close()
+        server.close()
