@@ -17,6 +17,7 @@ from miningproxy.latest import LatestValue
 from miningproxy.metrics import Metrics
 from miningproxy.pool.service import PoolService, WorkSignal
 from miningproxy.stratum.server import FAN_OUT_BATCH, StratumServer
+from miningproxy.stratum.session import Session
 from miningproxy.stratum.settings import BanSettings, VardiffSettings
 from tests.hathor_vectors import PRIVATENET_ADDRESS
 from tests.stream_support import receive_or_eof
@@ -346,6 +347,42 @@ async def test_a_job_the_socket_takes_in_part_is_finished_by_the_writer_then_rep
         nursery.cancel_scope.cancel()
 
 
+@pytest.mark.parametrize("state", ["writable", "writer busy", "bytes unsent", "ok held for the record"])
+async def test_the_fan_out_hands_a_job_straight_over_only_when_the_connection_allows_it(state, monkeypatch):
+    """The fan-out spells out writable_now() inline: it may take a rig's job for a direct write
+    only in the states where writable_now() is true; otherwise the job is queued, and the rig
+    still gets it (from the writer task)."""
+    taken: list[bool] = []
+    real = Session.take_new_job
+
+    def take_new_job(session: Session, clean: bool, now: float) -> bytes | None:
+        taken.append(conn.writable_now())
+        return real(session, clean, now)
+
+    async with trio.open_nursery() as nursery:
+        h = await start(nursery)
+        rig = await Client.connect(h.port)
+        await rig.subscribe()
+        [conn] = list(h.server._connections)
+        if state == "writer busy":
+            conn._writing = True  # the writer holds bytes: queue behind them
+        elif state == "bytes unsent":
+            conn._unsent = b" "  # what a direct write left over (a blank: the rig's JSON skips it)
+        elif state == "ok held for the record":
+            conn._held = (b" ", conn.session.last_job_taken, 0, float("inf"))
+        monkeypatch.setattr(Session, "take_new_job", take_new_job)
+        made = conn.session.jobs_queued
+        await h.new_tip()
+        await wait_for(lambda: conn.session.jobs_queued > made)  # the fan-out reached the rig
+        if state == "ok held for the record":
+            assert taken == []
+            conn.release_held()  # (the record's commit would)
+        job = await rig.job()
+        assert job["parent_hash"] == OTHER_TIP.parents[0].hex()
+        assert taken == ([True] if state == "writable" else [])
+        nursery.cancel_scope.cancel()
+
+
 async def test_the_fan_out_does_not_wait_for_a_stalled_rig():
     async with trio.open_nursery() as nursery:
         h = await start(nursery, send_timeout=30.0)
@@ -560,7 +597,7 @@ async def test_a_new_blocks_job_at_a_new_weight_is_counted_in_the_weight_histogr
         first = await rig.subscribe()
         assert h.metric("miningproxy_vardiff_weight_count") == 1.0
         (session,) = h.server.sessions()
-        session.vardiff._weight = first["weight"] / 2  # what a retarget would leave for the next job
+        session.vardiff._set(first["weight"] / 2, trio.current_time(), 0.0)  # a retarget, as if due
         await h.new_tip()
         job = await rig.job()
         assert job["weight"] == first["weight"] / 2 and job["clean"] is True

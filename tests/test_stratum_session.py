@@ -119,7 +119,7 @@ def test_every_job_line_is_byte_for_byte_the_generic_encoding(changes):
     rig.subscribe()
     rig.read()
     for t, (weight, clean) in enumerate(changes, start=1):
-        rig.session.vardiff._weight = weight  # what a retarget would leave
+        rig.session.vardiff._set(weight, float(t), 0.0)  # a retarget, as if due
         rig.session.new_work(clean, float(t))
         raw = rig.session.data_to_send()
         (job,) = [json.loads(line) for line in raw.splitlines()]

@@ -42,7 +42,7 @@ class SimRig:
 
     def _send(self) -> None:
         weight = self.vardiff.weight
-        self.vardiff.job_sent(weight, self.now)
+        self.vardiff.job_sent(weight, self.now, self.vardiff.ceiling)
         self.in_flight.append((self.now + self.latency, weight, self.now))
         self.last_sent = self.now
         self.weights.append((self.now, weight))
@@ -170,11 +170,11 @@ def test_min_and_max_weight_bound_the_weight():
 
 def test_shares_of_jobs_sent_before_a_weight_change_do_not_count():
     v = Vardiff(VardiffSettings(initial_weight=20.0, ramp_shares=2), 0.0)
-    v.job_sent(20.0, 0.0)
+    v.job_sent(20.0, 0.0, math.inf)
     assert v.share(20.0, 0.0, 1.0) is None
     new = v.share(20.0, 0.0, 2.0)
     assert new is not None
-    v.job_sent(new, 2.0)
+    v.job_sent(new, 2.0, math.inf)
     for t in (2.01, 2.02, 2.03):  # the rig still works on its old job: ignored
         assert v.share(20.0, 0.0, t) is None
     assert v.weight == new
@@ -251,7 +251,7 @@ class _AlwaysEvaluating(Vardiff):
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["job", "share", "tick", "ceiling"]),
+            st.sampled_from(["job", "block", "share", "tick", "ceiling"]),
             st.floats(0, 30),  # seconds since the previous step
             st.floats(1, 60),  # a weight (jobs, ceilings)
         ),
@@ -274,7 +274,11 @@ def test_the_share_shortcut_decides_exactly_as_the_full_controller(steps, vardif
         now += dt
         if kind == "job":
             for v in (fast, full):
-                v.job_sent(min(v.weight, weight), now)
+                v.job_sent(min(v.weight, weight), now, v.ceiling)
+            sent.append(now)
+        elif kind == "block":  # a job of a new block, of weight ``weight``: the new ceiling
+            for v in (fast, full):
+                v.job_sent(min(v.weight, weight), now, weight)
             sent.append(now)
         elif kind == "share" and sent:
             job_sent_at = sent[-1] if dt > 5 else sent[0]
@@ -285,3 +289,6 @@ def test_the_share_shortcut_decides_exactly_as_the_full_controller(steps, vardif
             fast.ceiling = full.ceiling = weight
         assert fast.weight == full.weight
         assert fast.next_check() == full.next_check()
+        # The weight is an attribute kept up to date, not computed when read: it must always be
+        # the controller's weight under the ceiling.
+        assert fast.weight == min(fast._weight, fast.ceiling)

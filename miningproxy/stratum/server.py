@@ -438,7 +438,16 @@ class StratumServer:
                     try:
                         # The usual rig: nothing queued, a socket we may write to at once. Its
                         # job's line is handed over directly, not queued and taken back.
-                        line = session.take_new_job(clean, now) if conn.writable_now() else None
+                        # (conn.writable_now(), spelled out: once per rig per block.)
+                        line = (
+                            session.take_new_job(clean, now)
+                            if conn._direct
+                            and not conn._writing
+                            and not conn._unsent
+                            and conn._held is None
+                            and session.close_reason is None
+                            else None
+                        )
                         if line is not None:
                             # A job changes neither the rig's miner nor its being a consumer;
                             # only its events (a new weight) want settling.
@@ -476,7 +485,7 @@ class _Connection:
     # Slotted, like Session: one per rig, touched by every fan-out.
     __slots__ = (
         "_direct", "_framer", "_held", "_hub_fd", "_killed", "_reading", "_scope", "_timer_deadline",
-        "_timer_wake", "_undelivered", "_unsent", "_unsent_taken", "_writer_wake", "_writing",
+        "_socket", "_timer_wake", "_undelivered", "_unsent", "_unsent_taken", "_writer_wake", "_writing",
         "consumer", "ip", "miner", "server", "session", "stream",
     )  # fmt: skip
 
@@ -497,6 +506,9 @@ class _Connection:
         # system call and no task switch; the writer task only takes over when the socket is full
         # or an "ok" must wait for the accounting record. TLS always goes through the writer.
         self._direct = isinstance(stream, trio.SocketStream)
+        # The trio socket of a plain-TCP rig, for its descriptor: fileno() is -1 once it is closed,
+        # so a descriptor the kernel has since given another rig is never written to.
+        self._socket: Any = stream.socket if self._direct else None  # type: ignore[attr-defined]
         self._writing = False  # the writer holds bytes it has not finished sending
         self._unsent = b""  # what a direct write could not send: the writer sends it first
         self._unsent_taken = 0
@@ -546,7 +558,8 @@ class _Connection:
     def writable_now(self) -> bool:
         """Whether a line may go straight to the socket now, as far as the connection goes: plain
         TCP, nothing unsent or in the writer's hands, no output held for the record, the session
-        open. (Whether the session has queued lines of its own is for it to say: take_new_job.)"""
+        open. (Whether the session has queued lines of its own is for it to say: take_new_job.)
+        The fan-out spells this out inline; a test pins the two together."""
         return (
             self._direct
             and not self._writing
@@ -612,8 +625,14 @@ class _Connection:
         """Send ``data`` (holding jobs up to number ``taken``) now; True when the socket took it
         all. Otherwise the rest waits in ``_unsent`` for the writer task, or the send failed and
         the session is closed: either way the writer must run."""
+        # (_send_now, inline: once per rig per block)
+        fd = self._socket.fileno()
         try:
-            sent = self._send_now(data)
+            if fd < 0:
+                raise trio.ClosedResourceError("socket closed")
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
         except (trio.ClosedResourceError, OSError) as exc:
             self.session.close(f"send failed: {exc!r}")
             return False
@@ -633,7 +652,7 @@ class _Connection:
 
     def _send_now(self, data: bytes) -> int:
         """Send what the socket takes right now, without blocking or yielding; returns the count."""
-        fd = self.stream.socket.fileno()  # type: ignore[attr-defined]  # -1 once the socket is closed
+        fd = self._socket.fileno()  # -1 once the socket is closed
         if fd < 0:
             raise trio.ClosedResourceError("socket closed")
         try:

@@ -402,7 +402,7 @@ class Session:
             or self.shutting_down
         ):
             return None
-        line = self._job_line(now, clean=clean)
+        line = self._job_line(now, clean)
         if line is not None:
             self.last_job_taken = self.jobs_queued
         return line
@@ -672,25 +672,24 @@ class Session:
         )
 
     def _send_job(self, now: float, *, clean: bool) -> None:
-        line = self._job_line(now, clean=clean)
+        line = self._job_line(now, clean)
         if line is not None:
             self._push_line(line, job=True)
 
-    def _job_line(self, now: float, *, clean: bool) -> bytes | None:
+    def _job_line(self, now: float, clean: bool) -> bytes | None:
         """Make a new job (the session's bookkeeping included) and return its line, or None when
         the pool has no template. The caller queues the line or, with nothing queued before it,
         hands it over at once (take_new_job)."""
+        vardiff = self.vardiff
         try:
             job = self.pool.jobs.new_job(
-                self.address.script if self.solo and self.address else None, self.vardiff.weight, now, clean
+                self.address.script if self.solo and self.address else None, vardiff.weight, now, clean
             )
         except LookupError:
             return None  # no template (not once subscribed: the pool never forgets its template)
         terms = job.terms
         weight = terms.share_weight
-        vardiff = self.vardiff
-        vardiff.ceiling = terms.generation.template.weight
-        vardiff.job_sent(weight, now)
+        vardiff.job_sent(weight, now, terms.generation.template.weight)
         job_id = job.job_id
         self._jobs[job_id] = job
         ids, at = self._job_ids, self._job_ids_at
@@ -714,8 +713,9 @@ class Session:
         self.jobs_queued += 1
         msgid = self._seq
         self._seq = msgid + 1
-        parts = _LINE_PARTS.get((terms, clean)) or _line_parts(terms, clean)
-        return m.job_line(parts, job.header.hex(), job_id, msgid)
+        # m.job_line, inline (once per rig per block): the line from its cached parts
+        head, after_data, after_id, tail = _LINE_PARTS.get((terms, clean)) or _line_parts(terms, clean)
+        return f"{head}{job.header.hex()}{after_data}{job_id}{after_id}{msgid:d}{tail}".encode("ascii")
 
     def _stale_data(self, job_id: str) -> dict[str, Any]:
         return {"current_job": self._current.job_id if self._current else None, "job_id": job_id}

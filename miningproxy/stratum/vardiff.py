@@ -35,7 +35,7 @@ IDLE_STEP = 1.0  # the most one idle check lowers the weight: a long gap in a he
 
 class Vardiff:
     __slots__ = (
-        "settings", "connected_at", "ceiling", "retargets", "last_share_at",
+        "settings", "connected_at", "_ceiling", "weight", "retargets", "last_share_at",
         "_weight", "_changed_at", "_start", "_shares", "_total", "_total_at", "_window_mark",
         "_gap_mark", "_last_counted", "_effective", "_next_idle_check",
     )  # fmt: skip
@@ -43,10 +43,13 @@ class Vardiff:
     def __init__(self, settings: VardiffSettings, now: float, *, ceiling: float = math.inf) -> None:
         self.settings = settings
         self.connected_at = now
-        self.ceiling = ceiling
+        self._ceiling = ceiling
         self.retargets = 0
         self.last_share_at: float | None = None
         self._weight = self._clamp(settings.initial_weight)
+        # The weight for the next job: _weight capped by the ceiling. An attribute kept up to date
+        # wherever either changes, not a property: every rig reads it on every block.
+        self.weight = ceiling if ceiling < self._weight else self._weight
         self._changed_at = now  # shares of jobs sent before this do not count
         self._start = now  # the window: shares counted since, and the exposure at its start
         self._shares = 0
@@ -59,18 +62,26 @@ class Vardiff:
         self._next_idle_check = now
 
     @property
-    def weight(self) -> float:
-        """The weight for the next job: min(weight, ceiling), without the builtin's call."""
-        weight, ceiling = self._weight, self.ceiling
-        return ceiling if ceiling < weight else weight
+    def ceiling(self) -> float:
+        """The block weight: no job's weight goes above it."""
+        return self._ceiling
+
+    @ceiling.setter
+    def ceiling(self, ceiling: float) -> None:
+        self._ceiling = ceiling
+        self.weight = ceiling if ceiling < self._weight else self._weight
 
     def ramping(self, now: float) -> bool:
         return now - self.connected_at < self.settings.ramp_time
 
     # --- inputs --------------------------------------------------------------------------------
 
-    def job_sent(self, weight: float, now: float) -> None:
-        """The rig was handed a job of ``weight`` (the weight actually sent, after the block cap)."""
+    def job_sent(self, weight: float, now: float, ceiling: float) -> None:
+        """The rig was handed a job of ``weight`` (the weight actually sent, after the block cap)
+        of a block of weight ``ceiling``, which later jobs' weights stay under."""
+        if ceiling != self._ceiling:
+            self._ceiling = ceiling
+            self.weight = ceiling if ceiling < self._weight else self._weight
         effective = self._effective
         if effective is None:  # nothing to mine before the first job
             self._start = self._total_at = self._last_counted = self._next_idle_check = now
@@ -98,7 +109,8 @@ class Vardiff:
         ):
             # Most shares: no retarget can be due (too few shares, too soon), and a rig that has
             # just found one is not idle; only the ceiling clamp of _evaluate applies.
-            self._weight = min(self._weight, self.ceiling)
+            if self._ceiling < self._weight:
+                self._weight = self._ceiling  # (self.weight is the ceiling already)
             return None
         return self._evaluate(now)
 
@@ -143,7 +155,7 @@ class Vardiff:
             return None
         # A weight above the block's is not kept: the rig mines at the block weight, and idle
         # decay must start from there (a heavier block later is found by the next retarget).
-        self._weight = min(self._weight, self.ceiling)
+        self._weight = self.weight = min(self._weight, self._ceiling)
         s = self.settings
         ramping = self.ramping(now)
         silent = now >= self._idle_due()
@@ -179,6 +191,7 @@ class Vardiff:
             return None
         before = self.weight
         self._weight = target
+        self.weight = min(target, self._ceiling)
         if self.weight == before:
             return None  # both above the block weight: nothing changes for the rig
         self._changed_at = now
