@@ -7,10 +7,13 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from miningproxy.events.log import (
     CorruptLog,
@@ -102,6 +105,82 @@ def test_first_events_need_an_identity_and_other_identities_are_refused(path: Pa
             log.append("node", [ev(2)], identity=OTHER)
         assert log.bounds("node").last_id == 1
         log.append("pool", [ev(0)], identity=OTHER)  # sequences are independent
+
+
+def test_a_commit_by_another_connection_between_appends_is_seen(path: Path) -> None:
+    # append() keeps what it knows of a sequence between commits; another writer of the file
+    # (another process, a repair by hand) must not be overlooked.
+    with EventLog(path) as log:
+        log.append("pool", [ev(0), ev(1)], identity=NODE)
+        other = sqlite3.connect(path, isolation_level=None)
+        other.execute("INSERT INTO events (seq, id, ts, body) VALUES ('pool', 2, 1000.0, '{}')")
+        with pytest.raises(GapError, match="expected 3"):
+            log.append("pool", [ev(2)])
+        log.append("pool", [ev(3)])
+        other.execute("DELETE FROM meta WHERE key LIKE 'pool.%'")
+        with pytest.raises(EventLogError, match="no identity"):
+            log.append("pool", [ev(4)])
+        log.append("pool", [ev(4)], identity=OTHER)  # bound again, to whoever comes first
+        with pytest.raises(IdentityMismatch):
+            log.append("pool", [ev(5)], identity=NODE)
+        other.close()
+
+
+_OPS = st.lists(
+    st.tuples(
+        st.sampled_from(["append", "gap", "bind node", "bind other", "forget", "prune", "external append"]),
+        st.integers(1, 3),
+    ),
+    max_size=25,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(_OPS)
+def test_appends_decide_as_if_they_read_the_file_every_time(ops: list[tuple[str, int]]) -> None:
+    """Whatever mix of appends, refusals, forgets, prunes and commits by another connection: each
+    append accepts or refuses exactly as a model of the file says."""
+    with tempfile.TemporaryDirectory() as tmp, EventLog(Path(tmp) / "e.sqlite3", synchronous="normal") as log:
+        other = sqlite3.connect(Path(tmp) / "e.sqlite3", isolation_level=None)
+        bound: StreamIdentity | None = None  # the model: the sequence's identity and its next id
+        next_id = 0
+        for op, count in ops:
+            outcome = "ok"
+            if op == "external append":
+                if bound is None:
+                    continue
+                other.execute(
+                    "INSERT INTO events (seq, id, ts, body) VALUES ('pool', ?, 1.0, '{}')", (next_id,)
+                )
+                next_id += 1
+                continue
+            if op == "forget":
+                log.forget("pool")
+                bound, next_id = None, 0
+                continue
+            if op == "prune":
+                log.prune("pool", keep_count=1)
+                continue
+            identity = {"bind node": NODE, "bind other": OTHER}.get(op)
+            start = next_id + (1 if op == "gap" else 0)
+            batch = [ev(start + i) for i in range(count)]
+            if identity is not None and bound is not None and identity != bound:
+                expected = IdentityMismatch
+            elif identity is None and bound is None:
+                expected = EventLogError
+            elif op == "gap":
+                expected = GapError
+            else:
+                expected = None
+            try:
+                log.append("pool", batch, identity=identity)
+            except EventLogError as exc:
+                outcome = type(exc)
+            assert outcome == ("ok" if expected is None else expected), (op, bound, next_id, outcome)
+            if expected is None:
+                bound = bound or identity
+                next_id += count
+        other.close()
 
 
 def test_set_meta_once_keeps_the_first_value(path: Path) -> None:
