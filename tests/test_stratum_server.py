@@ -347,6 +347,22 @@ async def test_a_job_the_socket_takes_in_part_is_finished_by_the_writer_then_rep
         nursery.cancel_scope.cancel()
 
 
+async def test_a_rigs_descriptor_comes_from_its_own_socket_and_is_gone_once_closed():
+    """Reads, writes and jobs take a plain-TCP rig's descriptor from the standard library's socket
+    under trio's wrapper (a C call). It must be that very socket: once trio closes it, the
+    descriptor reads -1, so a number the kernel hands to the next rig is never written to."""
+    async with trio.open_nursery() as nursery:
+        h = await start(nursery)
+        rig = await Client.connect(h.port)
+        await rig.subscribe()
+        [conn] = list(h.server._connections)
+        assert isinstance(conn._socket, socket.socket)  # not the fallback: trio's wrapper
+        assert conn._socket.fileno() == conn.stream.socket.fileno() >= 0
+        await conn.stream.aclose()
+        assert conn._socket.fileno() == -1
+        nursery.cancel_scope.cancel()
+
+
 @pytest.mark.parametrize("state", ["writable", "writer busy", "bytes unsent", "ok held for the record"])
 async def test_the_fan_out_hands_a_job_straight_over_only_when_the_connection_allows_it(state, monkeypatch):
     """The fan-out spells out writable_now() inline: it may take a rig's job for a direct write

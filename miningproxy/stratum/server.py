@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 import ssl
 from collections import Counter
 from typing import Any
@@ -506,9 +507,15 @@ class _Connection:
         # system call and no task switch; the writer task only takes over when the socket is full
         # or an "ok" must wait for the accounting record. TLS always goes through the writer.
         self._direct = isinstance(stream, trio.SocketStream)
-        # The trio socket of a plain-TCP rig, for its descriptor: fileno() is -1 once it is closed,
-        # so a descriptor the kernel has since given another rig is never written to.
-        self._socket: Any = stream.socket if self._direct else None  # type: ignore[attr-defined]
+        # A plain-TCP rig's socket, for its descriptor: fileno() is -1 once it is closed, so a
+        # descriptor the kernel has since given another rig is never used. The standard library's
+        # socket under trio's wrapper when there is one (its fileno() is C; the wrapper's is a
+        # Python call, made for every read, write and job); the wrapper otherwise.
+        self._socket: Any = None
+        if self._direct:
+            wrapper = stream.socket  # type: ignore[attr-defined]
+            inner = getattr(wrapper, "_sock", None)
+            self._socket = inner if isinstance(inner, socket.socket) else wrapper
         self._writing = False  # the writer holds bytes it has not finished sending
         self._unsent = b""  # what a direct write could not send: the writer sends it first
         self._unsent_taken = 0
@@ -713,7 +720,7 @@ class _Connection:
         session = self.session
         if self._reading is None or self._reading.is_set():
             return
-        fd = self.stream.socket.fileno()  # type: ignore[attr-defined]  # -1 once closed
+        fd = self._socket.fileno()  # -1 once closed
         try:
             if fd < 0:
                 raise trio.ClosedResourceError("socket closed")
