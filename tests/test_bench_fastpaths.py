@@ -30,7 +30,7 @@ def test_encode_ok_is_the_generic_encoding(msgid) -> None:
     st.booleans(),
     HEX,
 )
-def test_encode_job_is_the_generic_encoding(msgid, data, job_id, nonce_size, weight, clean, parent) -> None:
+def test_job_parts_make_the_generic_encoding(msgid, data, job_id, nonce_size, weight, clean, parent) -> None:
     params = {
         "data": data,
         "job_id": job_id,
@@ -40,12 +40,15 @@ def test_encode_job_is_the_generic_encoding(msgid, data, job_id, nonce_size, wei
         "parent_hash": parent,
     }
     expected = m.encode(m.request(str(msgid), "job", params))
-    assert m.encode_job(msgid, data, job_id, nonce_size, weight, clean, parent) == expected
+    # joined as job_parts documents it (and as the session writes every job line)
+    head, after_data, after_id, tail = m.job_parts(nonce_size, weight, clean, parent)
+    line = f"{head}{data}{after_data}{job_id}{after_id}{msgid:d}{tail}".encode("ascii")
+    assert line == expected
 
 
-def test_encode_job_refuses_what_json_cannot_carry() -> None:
+def test_job_parts_refuse_what_json_cannot_carry() -> None:
     with pytest.raises(ValueError):
-        m.encode_job(0, "", "", 16, math.inf, True, "")
+        m.job_parts(16, math.inf, True, "")
 
 
 # --- the share path's parsers: fast paths that must decide exactly as the plain code ----------

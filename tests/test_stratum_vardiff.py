@@ -27,6 +27,7 @@ class SimRig:
     latency: float = 0.05
     settings: VardiffSettings = field(default_factory=VardiffSettings)
     stop_at: float = math.inf  # the rig goes idle then
+    block_weight: float = math.inf  # of the template the jobs are made from: no job goes above it
 
     def __post_init__(self) -> None:
         self.rng = random.Random(self.seed)
@@ -41,8 +42,8 @@ class SimRig:
         self._send()
 
     def _send(self) -> None:
-        weight = self.vardiff.weight
-        self.vardiff.job_sent(weight, self.now, self.vardiff.ceiling)
+        weight = min(self.vardiff.weight, self.block_weight)  # as the job factory caps it
+        self.vardiff.job_sent(weight, self.now, self.block_weight)
         self.in_flight.append((self.now + self.latency, weight, self.now))
         self.last_sent = self.now
         self.weights.append((self.now, weight))
@@ -139,19 +140,17 @@ def test_an_idle_rig_decays_to_the_minimum_and_keeps_its_state():
 
 
 def test_weight_never_exceeds_the_block_weight_ceiling():
-    rig = SimRig(1e9, seed=2)
-    rig.vardiff.ceiling = 28.0
+    rig = SimRig(1e9, seed=2, block_weight=28.0)
     rig.run_until(300.0)
     assert max(w for t, w in rig.weights if t > 0) <= 28.0
     assert rig.vardiff.weight == 28.0
-    rig.vardiff.ceiling = 60.0  # a heavier block: the next retargets give the rig its own weight
+    rig.block_weight = 60.0  # a heavier block: the next retargets give the rig its own weight
     rig.run_until(600.0)
     assert abs(rig.vardiff.weight - ideal(1e9)) < 1.5
 
 
 def test_an_idle_rig_above_the_block_weight_decays_from_the_block_weight():
-    rig = SimRig(1e7, seed=4, stop_at=300.0)
-    rig.vardiff.ceiling = 20.0
+    rig = SimRig(1e7, seed=4, stop_at=300.0, block_weight=20.0)
     rig.run_until(300.0)
     assert rig.vardiff.weight == 20.0
     rig.run_until(450.0)
@@ -251,7 +250,7 @@ class _AlwaysEvaluating(Vardiff):
 @given(
     st.lists(
         st.tuples(
-            st.sampled_from(["job", "block", "share", "tick", "ceiling"]),
+            st.sampled_from(["job", "block", "share", "tick"]),
             st.floats(0, 30),  # seconds since the previous step
             st.floats(1, 60),  # a weight (jobs, ceilings)
         ),
@@ -285,8 +284,6 @@ def test_the_share_shortcut_decides_exactly_as_the_full_controller(steps, vardif
             assert fast.share(fast.weight, job_sent_at, now) == full.share(full.weight, job_sent_at, now)
         elif kind == "tick":
             assert fast.tick(now) == full.tick(now)
-        elif kind == "ceiling":
-            fast.ceiling = full.ceiling = weight
         assert fast.weight == full.weight
         assert fast.next_check() == full.next_check()
         # The weight is an attribute kept up to date, not computed when read: it must always be

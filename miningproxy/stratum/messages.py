@@ -54,27 +54,13 @@ def encode_ok(msgid: Any) -> bytes:
     return encode(result(msgid, "ok"))
 
 
-def encode_job(
-    msgid: int, data: str, job_id: str, nonce_size: int, weight: float, clean: bool, parent_hash: str
-) -> bytes:
-    """``encode(request(str(msgid), "job", {...}))`` byte for byte, by formatting: a job goes to
-    every rig on every new block. ``data``, ``job_id`` and ``parent_hash`` are hex (nothing to
-    escape); ``weight`` is written as the encoder writes a float (``float.__repr__``)."""
-    return job_line(job_parts(nonce_size, weight, clean, parent_hash), data, job_id, msgid)
-
-
-def job_line(parts: tuple[str, str, str, str], data: str, job_id: str, msgid: int) -> bytes:
-    """A job line from its :func:`job_parts` and what is the job's own: an f-string of the parts
-    is half the cost of a %-format of the whole line. (The session's fan-out path spells this
-    f-string out inline; a hypothesis test holds its lines to the generic encoding.)"""
-    head, after_data, after_id, tail = parts
-    return f"{head}{data}{after_data}{job_id}{after_id}{msgid:d}{tail}".encode("ascii")
-
-
 def job_parts(nonce_size: int, weight: float, clean: bool, parent_hash: str) -> tuple[str, str, str, str]:
-    """``encode_job``'s line around its data, job id and id: the line is ``head + data + after_data
-    + job_id + after_id + str(msgid) + tail``. What the jobs of one template and one weight share:
-    a caller that sends many keeps them (the session, per job terms)."""
+    """A job request's line, ``encode(request(str(msgid), "job", {...}))`` byte for byte, around
+    what is each job's own: the line is ``head + data + after_data + job_id + after_id + str(msgid)
+    + tail`` (an f-string of the parts: half the cost of a %-format of the whole line). ``data``,
+    ``job_id`` and ``parent_hash`` are hex (nothing to escape); ``weight`` is written as the encoder
+    writes a float (``float.__repr__``). What the jobs of one template and one weight share: the
+    session keeps the parts per job terms and writes the line itself."""
     if not math.isfinite(weight):
         raise ValueError(f"Out of range float values are not JSON compliant: {weight!r}")
     return (

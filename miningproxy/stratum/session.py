@@ -713,7 +713,7 @@ class Session:
         self.jobs_queued += 1
         msgid = self._seq
         self._seq = msgid + 1
-        # m.job_line, inline (once per rig per block): the line from its cached parts
+        # The line from its cached parts (m.job_parts says how they join)
         head, after_data, after_id, tail = _LINE_PARTS.get((terms, clean)) or _line_parts(terms, clean)
         return f"{head}{job.header.hex()}{after_data}{job_id}{after_id}{msgid:d}{tail}".encode("ascii")
 

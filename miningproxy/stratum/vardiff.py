@@ -63,13 +63,8 @@ class Vardiff:
 
     @property
     def ceiling(self) -> float:
-        """The block weight: no job's weight goes above it."""
+        """The block weight: no job's weight goes above it (set by :meth:`job_sent`)."""
         return self._ceiling
-
-    @ceiling.setter
-    def ceiling(self, ceiling: float) -> None:
-        self._ceiling = ceiling
-        self.weight = ceiling if ceiling < self._weight else self._weight
 
     def ramping(self, now: float) -> bool:
         return now - self.connected_at < self.settings.ramp_time
