@@ -244,7 +244,7 @@ class _AlwaysEvaluating(Vardiff):
         self._integrate(now)
         self._last_counted = now
         self._gap_mark = self._total
-        return self._evaluate(now)
+        return self._evaluate(now, now >= self._idle_due())
 
 
 @given(

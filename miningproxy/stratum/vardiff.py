@@ -98,20 +98,19 @@ class Vardiff:
         self._gap_mark = self._total
         s = self.settings
         if (
-            self._shares < s.ramp_shares
-            and self._shares < s.retarget_shares
+            self._shares < (s.ramp_shares if now - self.connected_at < s.ramp_time else s.retarget_shares)
             and now < self._start + s.retarget_time
         ):
-            # Most shares: no retarget can be due (too few shares, too soon), and a rig that has
-            # just found one is not idle; only the ceiling clamp of _evaluate applies.
+            # Most shares: no retarget is due (too few shares, too soon), and a rig that has just
+            # found one is not idle; only the ceiling clamp of _evaluate applies.
             if self._ceiling < self._weight:
                 self._weight = self._ceiling  # (self.weight is the ceiling already)
             return None
-        return self._evaluate(now)
+        return self._evaluate(now, False)  # (not silent: a share was just counted)
 
     def tick(self, now: float) -> float | None:
         """Time passed; returns a new weight when the rig turned out slower (or idle)."""
-        return self._evaluate(now)
+        return self._evaluate(now, now >= self._idle_due())
 
     def next_check(self) -> float | None:
         """When :meth:`tick` may next have something to do (None before the first job)."""
@@ -145,15 +144,15 @@ class Vardiff:
             due = max(self._last_counted + s.idle_after, ramp_end)
         return max(due, self._next_idle_check)
 
-    def _evaluate(self, now: float) -> float | None:
+    def _evaluate(self, now: float, silent: bool) -> float | None:
+        """The controller; ``silent``: ``now >= self._idle_due()`` (never right after a share)."""
         if self._effective is None:
             return None
         # A weight above the block's is not kept: the rig mines at the block weight, and idle
         # decay must start from there (a heavier block later is found by the next retarget).
         self._weight = self.weight = min(self._weight, self._ceiling)
         s = self.settings
-        ramping = self.ramping(now)
-        silent = now >= self._idle_due()
+        ramping = now - self.connected_at < s.ramp_time  # (self.ramping(now), without the call)
         if self._shares:
             need = s.ramp_shares if ramping else s.retarget_shares
             by_count = self._shares >= need
