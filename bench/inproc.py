@@ -1,7 +1,7 @@
 """In-process costs of the share path and the job build: for A/B runs between two commits.
 
 ``python -m bench.inproc share [--count N] [--record]`` feeds N valid shares, 32 lines per read,
-through one Session (LineFramer, Session.receive, the real PoolService judging and crediting them)
+through one Session (LineFramer, Session.receive_many, the real PoolService judging and crediting them)
 and prints the µs per share of the fastest and the median of six chunks. ``--record`` adds the
 pool's durable record (SQLite in a temporary directory, ``synchronous=full``, as deployed) and
 waits for each read's commit before taking the replies, as the server does; the µs are then the
@@ -133,9 +133,7 @@ async def _share(count: int, dry: bool, record: bool = False) -> dict[str, Any]:
             for start in range(0, len(reads), chunk):
                 began = clock()
                 for data in reads[start : start + chunk]:
-                    now = trio.current_time()
-                    for event in framer.feed(data):
-                        session.receive(event, now)
+                    session.receive_many(framer.feed(data), trio.current_time())
                     if events is not None:
                         await events.flush()  # the replies' "ok" waits for the commit
                     session.data_to_send()

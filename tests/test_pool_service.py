@@ -132,6 +132,25 @@ async def test_rejected_shares_are_counted_by_reason(autojump_clock):
         )
 
 
+async def test_judged_shares_count_once_credited_and_a_batch_counts_in_full(autojump_clock):
+    upstream = FakeUpstream()
+    async with running_pool(upstream) as pool:
+        job = pool.new_job(share_weight=1.0, clean=True)
+        hasher, target = HeaderHasher(job.header), weight_to_target(1.0)
+        nonces = [n for n in range(200) if int.from_bytes(hasher.hash_nonce(n), "big") < target][:5]
+        now = trio.current_time()
+        results = [pool.judge_share(RIG, job, nonce, now) for nonce in nonces]
+        assert all(r.accepted for r in results)
+        assert RIG not in pool.stats.miners  # judged, not yet credited
+        pool.credit_shares(RIG, 5, 5 * job.terms.share_work, now)
+        assert pool.submit_share(RIG, job, nonces[0]).reason == "duplicate"  # judged at once
+        miner = pool.stats.miners[RIG]
+        assert (miner.accepted, pool.stats.pool.accepted, dict(miner.rejected)) == (5, 5, {"duplicate": 1})
+        assert miner.last_share_at == now
+        text = pool.metrics.render().decode()
+        assert 'miningproxy_shares_total{reason="ok",result="accepted"} 5.0' in text
+
+
 async def test_drain_waits_for_in_flight_submissions(autojump_clock):
     upstream = FakeUpstream(delay=2.0)
     async with running_pool(upstream) as pool:

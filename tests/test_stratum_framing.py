@@ -9,7 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from miningproxy.stratum.ban import BanList, is_loopback
-from miningproxy.stratum.framing import Line, LineFramer, LineTooLong, NotUtf8
+from miningproxy.stratum.framing import LineFramer, LineTooLong, NotUtf8
 from miningproxy.stratum.settings import BanSettings, SettingsError, StratumSettings
 
 
@@ -19,14 +19,14 @@ def feed_all(framer: LineFramer, chunks: list[bytes]) -> list:
 
 def test_lines_split_on_newline_with_crlf_and_blank_lines_dropped():
     framer = LineFramer(100)
-    assert framer.feed(b'{"a":1}\r\n\n  \r\n{"b"') == [Line('{"a":1}')]
-    assert framer.feed(b":2}\n") == [Line('{"b":2}')]
+    assert framer.feed(b'{"a":1}\r\n\n  \r\n{"b"') == ['{"a":1}']
+    assert framer.feed(b":2}\n") == ['{"b":2}']
     assert framer.buffered == 0
 
 
 def test_a_line_of_exactly_max_line_bytes_passes_one_more_does_not():
     framer = LineFramer(10)
-    assert framer.feed(b"x" * 10 + b"\r\n") == [Line("x" * 10)]
+    assert framer.feed(b"x" * 10 + b"\r\n") == ["x" * 10]
     assert framer.feed(b"y" * 11 + b"\n") == [LineTooLong(11)]
     assert framer.feed(b"z\n") == []  # broken for good: the connection is being closed
 
@@ -42,12 +42,12 @@ def test_an_endless_line_is_caught_without_buffering_it():
 
 def test_lines_before_an_oversized_one_are_still_delivered():
     framer = LineFramer(10)
-    assert framer.feed(b"ok\n" + b"x" * 30 + b"\n") == [Line("ok"), LineTooLong(30)]
+    assert framer.feed(b"ok\n" + b"x" * 30 + b"\n") == ["ok", LineTooLong(30)]
 
 
 def test_invalid_utf8_is_reported_and_later_lines_still_come():
     framer = LineFramer(100)
-    assert framer.feed(b"\xff\xfe{}\nfine\n") == [NotUtf8(b"\xff\xfe{}"), Line("fine")]
+    assert framer.feed(b"\xff\xfe{}\nfine\n") == [NotUtf8(b"\xff\xfe{}"), "fine"]
 
 
 @given(
@@ -67,7 +67,7 @@ def test_any_chunking_gives_the_same_lines(lines, cuts, crlf):
     points = sorted({min(c, len(data)) for c in cuts})
     chunks = [data[a:b] for a, b in zip([0, *points], [*points, len(data)], strict=True)]
     events = feed_all(LineFramer(1000), chunks)
-    assert events == [Line(line) for line in lines if line.strip()]
+    assert events == [line for line in lines if line.strip()]
 
 
 def expected_events(raw_lines: list[bytes]) -> list:
@@ -81,7 +81,7 @@ def expected_events(raw_lines: list[bytes]) -> list:
             events.append(NotUtf8(raw[:64]))
             continue
         if text.strip():
-            events.append(Line(text))
+            events.append(text)
     return events
 
 
@@ -114,9 +114,9 @@ def test_arbitrary_bytes_never_break_the_framer(data, size):
     framer = LineFramer(256)
     for start in range(0, len(data), size):
         for event in framer.feed(data[start : start + size]):
-            assert isinstance(event, Line | LineTooLong | NotUtf8)
-            if isinstance(event, Line):
-                assert len(event.text.encode()) <= 256
+            assert isinstance(event, str | LineTooLong | NotUtf8)
+            if isinstance(event, str):
+                assert len(event.encode()) <= 256
     assert framer.buffered <= 257
 
 

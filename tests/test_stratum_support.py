@@ -73,16 +73,15 @@ class FakePool:
     ) -> Job:
         return self.jobs.new_job(payout_script, share_weight, self.now if now is None else now, clean)
 
-    def submit_share(
-        self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None
-    ) -> ShareResult:
+    def judge_share(self, miner: MinerId, job: Job, nonce: int, now: float) -> ShareResult:
         result = check_share(job, nonce, self.tip)
         self.shares.append((miner, job, nonce, result))
-        if result.accepted:
-            self.stats.accepted(miner, job.terms.share_work, arrived_at or self.now)
-        else:
+        if not result.accepted:
             self.stats.rejected(miner, result.reason)
         return result
+
+    def credit_shares(self, miner: MinerId, count: int, work: float, now: float) -> None:
+        self.stats.accepted(miner, work, now, count)
 
 
 def solve(header: bytes, weight: float, start: int = 0) -> int:

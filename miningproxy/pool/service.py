@@ -3,8 +3,10 @@
 Consumers (Stratum sessions, local workers) subscribe to ``work``: a latest-value signal that says
 "build a new job now" (a new template, or a periodic refresh so timestamps stay fresh). A slow
 consumer sees only the newest signal and never queues stale ones. Shares come back through
-:meth:`PoolService.submit_share`, which answers at once; a share that is a block starts its
-submission in the background so the rig's reply is never delayed by the node.
+:meth:`PoolService.submit_share` (or :meth:`~PoolService.judge_share`, with the live stats
+credited later for a whole read by :meth:`~PoolService.credit_shares`), which answers at once; a
+share that is a block starts its submission in the background so the rig's reply is never
+delayed by the node.
 """
 
 from __future__ import annotations
@@ -272,31 +274,26 @@ class PoolService:
         self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None
     ) -> ShareResult:
         """Judge and credit a share; for consumers that tell nobody (local workers)."""
-        return self._judge(miner, job, nonce, arrived_at)[0]
-
-    async def submit_share_durable(
-        self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None
-    ) -> ShareResult:
-        """Judge and credit a share, returning once its record is on disk: a rig told "ok" can
-        rely on the share being in the pool's accounting stream, whatever happens next."""
-        result, event_id = self._judge(miner, job, nonce, arrived_at)
-        if event_id is not None and self.events is not None:
-            await self.events.wait_durable(event_id)
+        now = trio.current_time() if arrived_at is None else arrived_at
+        result = self.judge_share(miner, job, nonce, now)
+        if result.accepted:
+            self.credit_shares(miner, 1, job.terms.share_work, now)
         return result
 
-    def _judge(
-        self, miner: MinerId, job: Job, nonce: int, arrived_at: float | None
-    ) -> tuple[ShareResult, int | None]:
-        arrived_at = trio.current_time() if arrived_at is None else arrived_at
+    def judge_share(self, miner: MinerId, job: Job, nonce: int, now: float) -> ShareResult:
+        """Judge a share that arrived at ``now`` (trio time) and do everything it calls for at once
+        (a block goes upstream, the accounting record gets the share, a rejection is counted)
+        except crediting an accepted share to the live stats: that is :meth:`credit_shares`, which
+        the caller owes every accepted share. A Stratum session credits a read's shares together
+        (they arrived at the same ``now``)."""
         result = check_share(job, nonce, self.jobs.tip)
         # A block goes upstream first, in this very step; its share's record and every other
         # piece of bookkeeping follow (a block is never held up, or dropped, for them).
         block = self._enqueue_block(miner, job, nonce, result.hash or b"") if result.is_block else None
-        event_id = None
-        terms = job.terms
         if result.accepted and self.events is not None:
+            terms = job.terms
             try:
-                event_id = self.events.share_accepted(
+                self.events.share_accepted(
                     miner=str(miner),
                     worker=miner.worker,
                     address=miner.address,
@@ -318,12 +315,14 @@ class PoolService:
         if not result.accepted:
             self.stats.rejected(miner, result.reason)
             self.metrics.shares.labels("rejected", result.reason).inc()
-            return result, None
-        self.stats.accepted(miner, terms.share_work, arrived_at)
-        self._shares_ok.value += 1
-        if block is not None:
-            self._block_found(miner, job, block, arrived_at)
-        return result, event_id
+        elif block is not None:
+            self._block_found(miner, job, block, now)
+        return result
+
+    def credit_shares(self, miner: MinerId, count: int, work: float, now: float) -> None:
+        """Credit ``count`` accepted shares worth ``work`` hashes in all, judged at ``now``."""
+        self.stats.accepted(miner, work, now, count)
+        self._shares_ok.value += count
 
     def _enqueue_block(
         self, miner: MinerId, job: Job, nonce: int, block_hash: bytes

@@ -55,14 +55,15 @@ class PoolStats:
             stats = self.miners[miner] = MinerStats()
         return stats
 
-    def accepted(self, miner: MinerId, work: float, now: float) -> None:
-        """A share worth ``work`` hashes (``work_of`` its weight; the job's terms keep it)."""
+    def accepted(self, miner: MinerId, work: float, now: float, count: int = 1) -> None:
+        """``count`` shares worth ``work`` hashes in all (``work_of`` a share's weight; the job's
+        terms keep it), accepted at ``now``."""
         stats = self.miners.get(miner) or self._miner(miner)
-        stats.accepted += 1
+        stats.accepted += count
         stats.last_share_at = now
         stats.meter.add(now, work)
         total = self.pool
-        total.accepted += 1
+        total.accepted += count
         total.last_share_at = now
         total.meter.add(now, work)
 

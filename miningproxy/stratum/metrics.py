@@ -1,9 +1,10 @@
 """Stratum metrics, registered on the app's registry.
 
-Share counters are the pool's (``miningproxy_shares_total``, incremented in ``submit_share``); the
-server only adds the shares the pool never saw (unknown or expired jobs). Per-worker hashrate is a
-live gauge read from the connected sessions at scrape time, so a rig that disconnects takes its
-series with it, and it exists only when switched on (its labels are chosen by the rigs).
+Share counters are the pool's (``miningproxy_shares_total``, incremented by ``judge_share`` and
+``credit_shares``); the server only adds the shares the pool never saw (unknown or expired jobs).
+Per-worker hashrate is a live gauge read from the connected sessions at scrape time, so a rig that
+disconnects takes its series with it, and it exists only when switched on (its labels are chosen
+by the rigs).
 """
 
 from __future__ import annotations

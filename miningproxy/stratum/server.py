@@ -32,7 +32,7 @@ from miningproxy.hathor.networks import Network
 from miningproxy.metrics import Metrics
 from miningproxy.pool.stats import MinerId
 from miningproxy.stratum.ban import BanList
-from miningproxy.stratum.framing import Line, LineFramer
+from miningproxy.stratum.framing import LineFramer
 from miningproxy.stratum.metrics import StratumMetrics
 from miningproxy.stratum.readhub import ReadHub
 from miningproxy.stratum.session import LimitHit, Penalty, Session, ShareRejected, WeightUsed
@@ -67,7 +67,7 @@ class StratumServer:
 
     def __init__(
         self,
-        pool: Any,  # PoolService: .work, .generation, .new_job, .submit_share, .stats
+        pool: Any,  # PoolService: .work, .generation, .jobs, .judge_share, .credit_shares, .stats
         settings: StratumSettings,
         network: Network | None,
         *,
@@ -691,11 +691,7 @@ class _Connection:
                 if not data:
                     session.close("peer closed the connection")
                     break
-                now = trio.current_time()
-                for event in framer.feed(data):
-                    session.receive(event, now)
-                    if session.close_reason is not None:
-                        break
+                session.receive_many(framer.feed(data), trio.current_time())
                 self.server._after(self)
         except (trio.BrokenResourceError, trio.ClosedResourceError, ssl.SSLError, OSError) as exc:
             session.close(f"receive failed: {exc!r}")
@@ -735,14 +731,7 @@ class _Connection:
             session.close("peer closed the connection")
             self._end_reading()
             return
-        now = trio.current_time()
-        for event in self._framer.feed(data):
-            if type(event) is Line:  # the usual event: straight to its handler
-                session.receive_line(event.text, now)
-            else:
-                session.receive(event, now)
-            if session.close_reason is not None:
-                break
+        session.receive_many(self._framer.feed(data), trio.current_time())
         if session.close_reason is not None:
             self._end_reading()
         else:

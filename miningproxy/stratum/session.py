@@ -51,7 +51,7 @@ from miningproxy.pool.jobs import Generation, Job, JobTerms
 from miningproxy.pool.shares import ShareResult
 from miningproxy.pool.stats import MinerId
 from miningproxy.stratum import messages as m
-from miningproxy.stratum.framing import FramerEvent, Line, LineTooLong, NotUtf8
+from miningproxy.stratum.framing import FramerEvent, LineTooLong, NotUtf8
 from miningproxy.stratum.settings import StratumSettings
 from miningproxy.stratum.vardiff import Vardiff
 
@@ -84,9 +84,11 @@ class JobSource(Protocol):
     @property
     def jobs(self) -> JobMaker: ...
 
-    def submit_share(
-        self, miner: MinerId, job: Job, nonce: int, *, arrived_at: float | None = None
-    ) -> ShareResult: ...
+    def judge_share(self, miner: MinerId, job: Job, nonce: int, now: float) -> ShareResult:
+        """Judge (and record) a share; an accepted one is owed a :meth:`credit_shares`."""
+        ...
+
+    def credit_shares(self, miner: MinerId, count: int, work: float, now: float) -> None: ...
 
 
 # --- events for the server -------------------------------------------------------------------
@@ -333,22 +335,96 @@ class Session:
     # --- inputs --------------------------------------------------------------------------------
 
     def receive(self, event: FramerEvent, now: float) -> None:
-        if isinstance(event, Line):
-            self.receive_line(event.text, now)
-        elif isinstance(event, LineTooLong):
-            if self.close_reason is None:
-                limit = self.settings.max_line
-                self.events.append(LimitHit("max_line", f"line of more than {limit} bytes"))
-                self._penalize(self.settings.ban.garbage, "oversized line")
-                self._error(None, m.INVALID_REQUEST, {"message": f"line longer than {limit} bytes"})
-        elif isinstance(event, NotUtf8):
-            if self.close_reason is None:
-                self._penalize(self.settings.ban.garbage, "invalid UTF-8")
-                self._error(None, m.PARSE_ERROR, {"message": "line is not valid UTF-8"})
+        """One framer event: a line (a ``str``) or a framing error."""
+        self.receive_many((event,), now)
 
     def receive_line(self, text: str, now: float) -> None:
+        self.receive_many((text,), now)
+
+    def receive_many(self, events: Sequence[FramerEvent], now: float) -> None:
+        """What one read brought, in order: lines (``str``) and framing errors, all at ``now``.
+
+        The usual line, a submit of a job the rig holds with a hex nonce (the shape every rig
+        sends, nearly every line of a busy connection), takes a short way with the same outcome
+        as the general one (:meth:`_message` and :meth:`_submit`; a differential test holds them
+        together), and the accepted ones are credited to the live stats together at the end (a
+        call and three hashrate meters once per read instead of once per share). Anything else
+        first settles what is owed, then goes the general way."""
         if self.close_reason is not None:
             return
+        jobs = self._jobs
+        judge = self.pool.judge_share
+        count = 0  # accepted shares not yet credited, worth work in all
+        work = 0.0
+        try:
+            for event in events:
+                # The short way takes {"id": ..., "method": "submit" or "mining.submit", "params":
+                # {"job_id": a job held, "nonce": ASCII hex}}; anything else falls through below.
+                message: Any = None
+                if type(event) is str and event[:1] == "{":
+                    try:
+                        message, end = _scan_once(event, 0)
+                    except (StopIteration, ValueError, RecursionError):
+                        message = None  # the general way reports it
+                    else:
+                        if end != len(event):
+                            message = None  # trailing text: decode_line reports it
+                    if type(message) is dict:
+                        params = message.get("params")
+                        method = message.get("method")
+                        if type(params) is dict and (method == "submit" or method == "mining.submit"):
+                            job_id = params.get("job_id")
+                            raw = params.get("nonce")
+                            job = jobs.get(job_id) if type(job_id) is str else None
+                            if job is not None and type(raw) is str and raw.isascii() and raw.isalnum():
+                                try:
+                                    nonce = int(raw, 16)
+                                except ValueError:
+                                    nonce = -1  # not hex: the general way says so
+                                if nonce >= 0:
+                                    msgid = message.get("id")
+                                    if type(msgid) is float and not math.isfinite(msgid):
+                                        msgid = None
+                                    outcome = judge(self.miner, job, nonce, now)
+                                    if outcome[0]:  # (.accepted)
+                                        count += 1
+                                        work += job.terms.share_work
+                                        self._accepted(job, outcome, msgid, now)
+                                    else:
+                                        self._rejected(outcome, job, job_id, raw, msgid)
+                                    if self.close_reason is not None:
+                                        return
+                                    continue
+                if count:
+                    self._credit(count, work, now)
+                    count, work = 0, 0.0
+                if type(message) is dict:
+                    self._message(message, now)
+                elif type(event) is str:
+                    self._line(event, now)
+                else:
+                    self._framing_error(event)
+                if self.close_reason is not None:
+                    return
+        finally:
+            if count:
+                self._credit(count, work, now)
+
+    def _credit(self, count: int, work: float, now: float) -> None:
+        self.meter.add(now, work)
+        self.pool.credit_shares(self.miner, count, work, now)
+
+    def _framing_error(self, event: FramerEvent) -> None:
+        if isinstance(event, LineTooLong):
+            limit = self.settings.max_line
+            self.events.append(LimitHit("max_line", f"line of more than {limit} bytes"))
+            self._penalize(self.settings.ban.garbage, "oversized line")
+            self._error(None, m.INVALID_REQUEST, {"message": f"line longer than {limit} bytes"})
+        elif isinstance(event, NotUtf8):
+            self._penalize(self.settings.ban.garbage, "invalid UTF-8")
+            self._error(None, m.PARSE_ERROR, {"message": "line is not valid UTF-8"})
+
+    def _line(self, text: str, now: float) -> None:
         try:
             message = decode_line(text)
         except (ValueError, RecursionError):
@@ -359,6 +435,9 @@ class Session:
             self._penalize(self.settings.ban.garbage, "not a JSON object")
             self._error(None, m.INVALID_REQUEST, {"message": "expected a JSON object"})
             return
+        self._message(message, now)
+
+    def _message(self, message: dict[str, Any], now: float) -> None:
         msgid = message.get("id")
         if isinstance(msgid, float) and not math.isfinite(msgid):
             msgid = None  # 1e999 parses as infinity, which JSON cannot carry back
@@ -541,10 +620,14 @@ class Session:
                 self._penalize(self.settings.ban.invalid_share, "unknown job")
                 self._reject("job-not-found", msgid, self._stale_data(job_id))
             return
-        outcome = self.pool.submit_share(self.miner, job, nonce, arrived_at=now)
+        outcome = self.pool.judge_share(self.miner, job, nonce, now)
         if outcome.accepted:
             self._accepted(job, outcome, msgid, now)
-            return
+            self._credit(1, job.terms.share_work, now)
+        else:
+            self._rejected(outcome, job, job_id, raw_nonce, msgid)
+
+    def _rejected(self, outcome: ShareResult, job: Job, job_id: str, raw_nonce: Any, msgid: Any) -> None:
         self.rejected[outcome.reason] += 1
         if outcome.reason == "stale":
             self._error(msgid, m.STALE_JOB, self._stale_data(job_id))
@@ -583,14 +666,18 @@ class Session:
         return unsynced
 
     def _accepted(self, job: Job, outcome: ShareResult, msgid: Any, now: float) -> None:
+        """An accepted share's reply and bookkeeping, all but the crediting (:meth:`_credit`)."""
         self.accepted += 1
         self._unsynced_accepts = True
         self.last_share_at = now
         terms = job.terms
-        self.meter.add(now, terms.share_work)
         if outcome.is_block:
             self.blocks += 1
-        self._push_line(m.encode_ok(msgid))  # _reply(msgid, "ok"), one call shorter: every share
+        line = m.encode_ok(msgid)  # _reply(msgid, "ok") ...
+        self._outbox.append(line)  # ... and _push_line(line), without their calls: every share
+        self._outbox_bytes += len(line)
+        if self._outbox_bytes > self.settings.max_outbox:
+            self._outbox_overflow()
         if self.vardiff.share(terms.share_weight, job.created_at, now) is not None and self.mining:
             self._send_job(now, clean=False)  # a retarget changes the next job only
 
@@ -760,13 +847,16 @@ class Session:
         outbox.append(line)
         self._outbox_bytes += len(line)
         if self._outbox_bytes > self.settings.max_outbox:
-            self.events.append(
-                LimitHit("max_outbox", f"{self._outbox_bytes} bytes queued for a rig that does not read")
-            )
-            outbox.clear()
-            self._job_at = -1
-            self._outbox_bytes = 0
-            self.close("slow consumer")
+            self._outbox_overflow()
+
+    def _outbox_overflow(self) -> None:
+        self.events.append(
+            LimitHit("max_outbox", f"{self._outbox_bytes} bytes queued for a rig that does not read")
+        )
+        self._outbox.clear()
+        self._job_at = -1
+        self._outbox_bytes = 0
+        self.close("slow consumer")
 
 
 def _is_address_elsewhere(text: str) -> bool:
