@@ -109,6 +109,34 @@ def test_a_read_of_whole_lines_is_framed_as_line_by_line(raw_lines, size):
     assert feed_all(LineFramer(1000), chunks) == expected_events(raw_lines)
 
 
+_OBJECT_LINE = st.text(
+    alphabet=st.characters(blacklist_categories=("Cs",), blacklist_characters="\n"), max_size=30
+).map(lambda inner: ("{" + inner + "}").encode())
+
+
+@given(
+    st.lists(
+        st.one_of(
+            _OBJECT_LINE,  # what rigs send: the reads that skip the loop over lines
+            _OBJECT_LINE.map(lambda line: line + b"\r"),
+            _OBJECT_LINE.map(lambda line: b" " + line),
+            _OBJECT_LINE.map(lambda line: line + b"\t"),
+            st.sampled_from([b"", b"{", b"}", b"}{", b"\xc2\xa0{}", b"{}\xc2\xa0", b"\r"]),
+        ),
+        min_size=1,
+        max_size=30,
+    ).filter(lambda lines: any(lines)),
+    st.booleans(),
+)
+def test_a_read_of_json_object_lines_is_framed_as_line_by_line(raw_lines, only_objects):
+    """A read whose every line ends with ``}`` is returned as split, without a look at each
+    line; one odd line among them (CR, a space, a blank) and each is looked at."""
+    if only_objects:
+        raw_lines = [line for line in raw_lines if line[:1] == b"{" and line[-1:] == b"}"] or [b"{}"]
+    data = b"".join(raw + b"\n" for raw in raw_lines)
+    assert LineFramer(1000).feed(data) == expected_events(raw_lines)
+
+
 @given(st.binary(max_size=3000), st.integers(min_value=1, max_value=64))
 def test_arbitrary_bytes_never_break_the_framer(data, size):
     framer = LineFramer(256)

@@ -50,8 +50,14 @@ class LineFramer:
             except UnicodeDecodeError:
                 pass  # line by line below: the others still count, each bad one is reported
             else:
+                lines = text.split("\n")
+                lines.pop()  # (empty: what follows the last newline)
+                # Rigs send JSON objects: when every line ends with "}" (one count in C, no loop
+                # here), none is blank or CR-ended, and the lines are the events as split.
+                if text.count("}\n") == len(lines):
+                    return lines  # type: ignore[return-value]  # (a list of str: of FramerEvent)
                 events: list[FramerEvent] = []
-                for line in text.split("\n")[:-1]:
+                for line in lines:
                     if line[-1:] == "\r":
                         line = line[:-1]
                     # Blank lines are skipped; strip() only for a line that starts or ends blank.
