@@ -103,6 +103,31 @@ async def test_record_assigns_ids_at_once_and_commits_in_order(path: Path, nurse
         assert json.loads(texts[2])["data"]["status"] == "stale"
 
 
+async def test_shares_recorded_while_the_writer_idles_or_writes_are_all_committed(
+    path: Path, nursery: trio.Nursery
+) -> None:
+    # The share event wakes the writer only when nothing was pending: the writer waits for
+    # work only then. Shares recorded to an idle writer, and while it writes, all get to disk.
+    def share(n: int) -> int:
+        return events.share_accepted(
+            miner="c1", worker="rig1", address="WAddr", job_id=f"{n:032x}", share_weight=1.0,
+            hash=bytes(32), height=9,
+        )  # fmt: skip
+
+    with EventLog(path) as log:
+        open_pool_stream(log, "privatenet")
+        feed = EventFeed(log, "pool")
+        events = PoolEvents(feed, clock=lambda: 7.0, max_batch=3)
+        await nursery.start(events.run)
+        for count in (1, 7, 1):  # 7: more than a batch, recorded while the writer writes
+            await trio.sleep(0.05)  # the writer idles, waiting for work
+            ids = [share(n) for n in range(count)]
+            with trio.fail_after(10):
+                await events.wait_durable(ids[-1])
+            assert feed.last_id == ids[-1]
+            assert [event_id for event_id, _ in log.read("pool", ids[0], 10)] == ids
+
+
 async def test_a_stuck_disk_is_reported_not_buffered_forever(path: Path) -> None:
     with EventLog(path) as log:
         open_pool_stream(log, "privatenet")

@@ -32,6 +32,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 SEQUENCES = ("node", "pool")
 SCHEMA_VERSION = "1"
@@ -99,8 +100,11 @@ class StreamIdentity:
     stream_id: str
 
 
-@dataclass(frozen=True, slots=True)
-class StoredEvent:
+class StoredEvent(NamedTuple):
+    """One event to store. A tuple: the pool record makes one per share, and building a frozen
+    dataclass took 619 ns here against 304 for this (171 by ``tuple.__new__``, as the share
+    event does)."""
+
     id: int
     timestamp: float
     text: str  # the event object ({"id":..,"timestamp":..,"type":..,"data":..,"group_id":..}) as JSON text

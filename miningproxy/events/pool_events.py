@@ -54,6 +54,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from itertools import islice
 from typing import Any
 
@@ -98,6 +99,8 @@ POOL_EVENT_TYPES = (
 
 
 SHARE_PARTS_CACHE = 8192  # jobs whose share text parts are kept: about one per rig's current job
+
+_stored = partial(tuple.__new__, StoredEvent)  # builds a StoredEvent from a full 3-tuple, per share
 
 
 class PoolEventsBusy(RuntimeError):
@@ -375,9 +378,11 @@ class PoolEvents:
             text = share_event_text(
                 event_id, now, miner, worker, address, job_id, share_weight, work, _hex(hash), height
             )
-        self._pending.append(StoredEvent(event_id, now, text))
+        pending = self._pending
+        if not pending:
+            self._wake.set()  # (the writer waits only when nothing is pending)
+        pending.append(_stored((event_id, now, text)))  # StoredEvent(...), without NamedTuple's __new__
         self._next_id += 1
-        self._wake.set()
         return event_id
 
     def block_found(
