@@ -35,7 +35,7 @@ IDLE_STEP = 1.0  # the most one idle check lowers the weight: a long gap in a he
 
 class Vardiff:
     __slots__ = (
-        "settings", "connected_at", "_ceiling", "weight", "retargets", "last_share_at",
+        "settings", "connected_at", "_ramp_end", "_ceiling", "weight", "retargets", "last_share_at",
         "_weight", "_changed_at", "_start", "_shares", "_total", "_total_at", "_window_mark",
         "_gap_mark", "_last_counted", "_effective", "_next_idle_check",
     )  # fmt: skip
@@ -43,6 +43,7 @@ class Vardiff:
     def __init__(self, settings: VardiffSettings, now: float, *, ceiling: float = math.inf) -> None:
         self.settings = settings
         self.connected_at = now
+        self._ramp_end = now + settings.ramp_time  # retargets every ramp_shares shares until then
         self._ceiling = ceiling
         self.retargets = 0
         self.last_share_at: float | None = None
@@ -67,7 +68,7 @@ class Vardiff:
         return self._ceiling
 
     def ramping(self, now: float) -> bool:
-        return now - self.connected_at < self.settings.ramp_time
+        return now < self._ramp_end
 
     # --- inputs --------------------------------------------------------------------------------
 
@@ -98,7 +99,7 @@ class Vardiff:
         self._gap_mark = self._total
         s = self.settings
         if (
-            self._shares < (s.ramp_shares if now - self.connected_at < s.ramp_time else s.retarget_shares)
+            self._shares < (s.ramp_shares if now < self._ramp_end else s.retarget_shares)
             and now < self._start + s.retarget_time
         ):
             # Most shares: no retarget is due (too few shares, too soon), and a rig that has just
@@ -138,7 +139,7 @@ class Vardiff:
         """When silence since the last counted share (or the first job) becomes suspicious:
         ``idle_after`` seconds, or two intervals while the ramp is still on; then every interval."""
         s = self.settings
-        ramp_end = self.connected_at + s.ramp_time
+        ramp_end = self._ramp_end
         due = self._last_counted + min(s.idle_after, 2 * s.target_interval)
         if due >= ramp_end:
             due = max(self._last_counted + s.idle_after, ramp_end)
@@ -152,7 +153,7 @@ class Vardiff:
         # decay must start from there (a heavier block later is found by the next retarget).
         self._weight = self.weight = min(self._weight, self._ceiling)
         s = self.settings
-        ramping = now - self.connected_at < s.ramp_time  # (self.ramping(now), without the call)
+        ramping = now < self._ramp_end  # (self.ramping(now), without the call)
         if self._shares:
             need = s.ramp_shares if ramping else s.retarget_shares
             by_count = self._shares >= need
@@ -160,7 +161,8 @@ class Vardiff:
                 # Stopping at the n-th share overestimates the rate by n / (n - 1): correct for it.
                 found = self._shares - 1 if by_count and self._shares > 1 else self._shares
                 target = math.log2(found / self._exposure_since(self._window_mark, now) * s.target_interval)
-                self._integrate(now)
+                if now > self._total_at:  # (not after a share: integrated already)
+                    self._integrate(now)
                 self._start = now
                 self._window_mark = self._total
                 self._shares = 0
