@@ -108,7 +108,8 @@ def profile_share_path(out: Path, *, size: int = 100, record: bool = False, seco
                 answer = rigs.receive(seconds + 60)
     _header(
         out,
-        f"share path, {size} connections{' with the record' if record else ''}: {answer['rate']:,.0f} shares/s",
+        f"share path, {size} connection{'' if size == 1 else 's'}{' with the record' if record else ''}: "
+        f"{answer['rate']:,.0f} shares/s",
     )
 
 
@@ -183,6 +184,7 @@ def _header(out: Path, title: str) -> None:
 SCENARIOS = {
     "share_path": profile_share_path,
     "share_path_record": lambda out: profile_share_path(out, record=True),
+    "share_path_1": lambda out: profile_share_path(out, size=1),
     "fanout": profile_fanout,
     "submit_latency": profile_submit,
     "event_replay": profile_event_replay,
