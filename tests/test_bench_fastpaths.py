@@ -11,7 +11,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from miningproxy.stratum import messages as m
-from miningproxy.stratum.session import _decoder, decode_line, parse_nonce
+from miningproxy.stratum.session import _decoder, _fast_loads, decode_line, parse_nonce
 
 HEX = st.text("0123456789abcdef", min_size=0, max_size=130)
 
@@ -120,3 +120,39 @@ def test_decode_line_refuses_nan_and_extra_data_like_the_decoder() -> None:
         with pytest.raises(ValueError):
             decode_line(text)
     assert decode_line('{"id":1,"method":"submit"}') == {"id": 1, "method": "submit"}
+
+
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(max_size=10),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner, max_size=3),
+    max_leaves=8,
+)
+
+
+@given(
+    msgid=_VALUES,
+    job_id=st.text(max_size=40),
+    nonce=st.one_of(st.text(max_size=40), _VALUES),
+    extra=st.dictionaries(st.text(max_size=6), _VALUES, max_size=3),
+    ensure_ascii=st.booleans(),
+    separators=st.sampled_from([(",", ":"), (", ", ": ")]),
+)
+def test_the_short_ways_decoder_reads_the_fields_it_uses_as_the_standard_decoder(
+    msgid, job_id, nonce, extra, ensure_ascii, separators
+) -> None:
+    """Session.receive_many decodes a line with orjson and uses only method, params' job_id and
+    nonce, and an id that is an int, a str or null; for those, orjson must read what the standard
+    library's decoder (the general way's) reads, whatever else the line holds."""
+    line = {**extra, "id": msgid, "method": "submit", "params": {**extra, "job_id": job_id, "nonce": nonce}}
+    text = json.dumps(line, ensure_ascii=ensure_ascii, separators=separators)
+    fast, plain = _fast_loads(text), _decoder.decode(text)
+    assert fast["method"] == plain["method"]
+    for key in ("job_id", "nonce"):
+        if type(fast["params"][key]) is str:
+            assert fast["params"][key] == plain["params"][key]
+    if type(fast["id"]) is int or type(fast["id"]) is str or fast["id"] is None:
+        assert fast["id"] == plain["id"] and type(fast["id"]) is type(plain["id"])

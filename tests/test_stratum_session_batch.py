@@ -36,9 +36,17 @@ KINDS = [
     "nonce-int",
     "float-id",
     "infinite-id",
+    "big-id",  # beyond 64 bits: orjson reads a float, the general way the exact integer
+    "negative-big-id",
+    "big-number-elsewhere",
+    "bool-id",
+    "object-id",
+    "escaped-job-id",
+    "duplicate-keys",
     "padded",
     "trailing",
     "ping",
+    "ping-big-id",  # not a submit: decoded again by the general way, never taken from orjson
     "authorize",
     "not-an-object",
     "garbage",
@@ -105,12 +113,37 @@ class Scenario:
             return (
                 f'{{"id":1e999,"method":"submit","params":{{"job_id":"{job.job_id}","nonce":"{fresh():x}"}}}}'
             )
+        if kind == "big-id":
+            return submit({"job_id": job.job_id, "nonce": f"{fresh():032x}"}, 2**64 + msgid)
+        if kind == "negative-big-id":
+            return submit({"job_id": job.job_id, "nonce": f"{fresh():032x}"}, -(2**63) - msgid)
+        if kind == "big-number-elsewhere":
+            return json.dumps(
+                {
+                    "id": msgid,
+                    "method": "submit",
+                    "params": {"job_id": job.job_id, "nonce": f"{fresh():032x}", "x": 2**70},
+                }
+            )
+        if kind == "bool-id":
+            return submit({"job_id": job.job_id, "nonce": f"{fresh():032x}"}, True)
+        if kind == "object-id":
+            return submit({"job_id": job.job_id, "nonce": f"{fresh():032x}"}, {"a": [1, 2**65]})
+        if kind == "escaped-job-id":
+            escaped = "".join(f"\\u{ord(c):04x}" for c in job.job_id)
+            return f'{{"id":{msgid},"method":"submit","params":{{"job_id":"{escaped}","nonce":"{fresh():032x}"}}}}'
+        if kind == "duplicate-keys":  # the last one counts, for both decoders
+            first = json.dumps({"job_id": "bad", "nonce": "zz"})
+            last = json.dumps({"job_id": job.job_id, "nonce": f"{fresh():032x}"})
+            return f'{{"id":{msgid},"method":"ping","params":{first},"method":"submit","params":{last}}}'
         if kind == "padded":
             return " " + submit({"job_id": job.job_id, "nonce": f"{fresh():032x}"}) + " "
         if kind == "trailing":
             return submit({"job_id": job.job_id, "nonce": f"{fresh():032x}"}) + " x"
         if kind == "ping":
             return json.dumps({"id": msgid, "method": "mining.ping"})
+        if kind == "ping-big-id":
+            return json.dumps({"id": 2**70 + msgid, "method": "mining.ping"})
         if kind == "authorize":
             return json.dumps({"id": msgid, "method": "authorize", "params": [f"worker{next(self.workers)}"]})
         if kind == "not-an-object":
@@ -178,7 +211,7 @@ def state(rig: Rig) -> dict[str, Any]:
     }
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(
     st.lists(st.lists(st.sampled_from(KINDS), max_size=12), min_size=1, max_size=5),
     st.sampled_from([1 << 20, 400]),  # a small outbox: a rig that does not read is closed mid-read
