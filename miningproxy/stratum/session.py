@@ -44,8 +44,9 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 # The short way's decoder (see Session.receive_many): half the standard library scanner's time for
-# a submit line. It reads integers beyond 64 bits as floats; every line it decodes that is not the
-# short way's, and every id it read as a float, goes to the standard library's decoder instead.
+# a submit line. It reads integers beyond 64 bits as floats, so every line that is not the short
+# way's, and every submit whose id is not an int, a string or null, is decoded again by the
+# standard library.
 from orjson import loads as _fast_loads
 
 from hashing.header import NONCE_SIZE
