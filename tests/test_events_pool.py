@@ -108,6 +108,8 @@ async def test_shares_recorded_while_the_writer_idles_or_writes_are_all_committe
 ) -> None:
     # The share event wakes the writer only when nothing was pending: the writer waits for
     # work only then. Shares recorded to an idle writer, and while it writes, all get to disk.
+    # (No sleeps: the writer parks on its wake-up event in the step that started it, and in the
+    # step that committed the last batch, before the task waiting for that batch runs again.)
     def share(n: int) -> int:
         return events.share_accepted(
             miner="c1", worker="rig1", address="WAddr", job_id=f"{n:032x}", share_weight=1.0,
@@ -120,7 +122,7 @@ async def test_shares_recorded_while_the_writer_idles_or_writes_are_all_committe
         events = PoolEvents(feed, clock=lambda: 7.0, max_batch=3)
         await nursery.start(events.run)
         for count in (1, 7, 1):  # 7: more than a batch, recorded while the writer writes
-            await trio.sleep(0.05)  # the writer idles, waiting for work
+            assert events.pending == 0  # the writer idles, waiting for work
             ids = [share(n) for n in range(count)]
             with trio.fail_after(10):
                 await events.wait_durable(ids[-1])

@@ -368,43 +368,43 @@ class Session:
             for event in events:
                 # The short way takes {"id": ..., "method": "submit" or "mining.submit", "params":
                 # {"job_id": a job held, "nonce": ASCII hex}}; anything else falls through below.
-                if type(event) is str and event[:1] == "{":
-                    try:
-                        message = _fast_loads(event)
-                    except ValueError:  # (orjson.JSONDecodeError) the general way reports it
-                        message = None
-                    if type(message) is dict:
-                        params = message.get("params")
-                        method = message.get("method")
-                        if type(params) is dict and (method == "submit" or method == "mining.submit"):
-                            job_id = params.get("job_id")
-                            raw = params.get("nonce")
-                            job = jobs.get(job_id) if type(job_id) is str else None
-                            if (
-                                job is not None
-                                and type(raw) is str
-                                and raw.isascii()
-                                and raw.encode().isalnum()  # (as in parse_nonce)
-                            ):
-                                try:
-                                    nonce = int(raw, 16)
-                                except ValueError:
-                                    nonce = -1  # not hex: the general way says so
-                                msgid = message.get("id")
-                                # The usual ids: int, str, null. orjson reads an integer beyond 64
-                                # bits as a float, so any other id (a float, or a list or object
-                                # that may hold one) goes the general way, whose decoder is exact.
-                                if nonce >= 0 and (type(msgid) is int or type(msgid) is str or msgid is None):
-                                    outcome = judge(self.miner, job, nonce, now)
-                                    if outcome[0]:  # (.accepted)
-                                        count += 1
-                                        work += job.terms.share_work
-                                        self._accepted(job, outcome, msgid, now)
-                                    else:
-                                        self._rejected(outcome, job, job_id, raw, msgid)
-                                    if self.close_reason is not None:
-                                        return
-                                    continue
+                try:
+                    message = _fast_loads(event) if type(event) is str and event[:1] == "{" else None
+                except ValueError:  # (orjson.JSONDecodeError) the general way reports it
+                    message = None
+                if type(message) is dict:
+                    params = message.get("params")
+                    method = message.get("method")
+                    if type(params) is dict and (method == "submit" or method == "mining.submit"):
+                        job_id = params.get("job_id")
+                        raw = params.get("nonce")
+                        msgid = message.get("id")
+                        job = jobs.get(job_id) if type(job_id) is str else None
+                        if (
+                            job is not None
+                            and type(raw) is str
+                            and raw.isascii()
+                            and raw.encode().isalnum()  # (as in parse_nonce)
+                            # The usual ids: int, str, null. orjson reads an integer beyond 64 bits
+                            # as a float, so any other id (a float, or a list or object that may
+                            # hold one) goes the general way, whose decoder is exact.
+                            and (type(msgid) is int or type(msgid) is str or msgid is None)
+                        ):
+                            try:
+                                nonce = int(raw, 16)
+                            except ValueError:
+                                nonce = -1  # not hex: the general way says so
+                            if nonce >= 0:
+                                outcome = judge(self.miner, job, nonce, now)
+                                if outcome[0]:  # (.accepted)
+                                    count += 1
+                                    work += job.terms.share_work
+                                    self._accepted(job, outcome, msgid, now)
+                                else:
+                                    self._rejected(outcome, job, job_id, raw, msgid)
+                                if self.close_reason is not None:
+                                    return
+                                continue
                 if count:
                     self._credit(count, work, now)
                     count, work = 0, 0.0
