@@ -419,6 +419,12 @@ class Session:
                 self._credit(count, work, now)
 
     def _credit(self, count: int, work: float, now: float) -> None:
+        """``count`` accepted shares (their "ok" queued by :meth:`_accepted`) worth ``work``."""
+        self.accepted += count
+        self.last_share_at = now
+        # Their "ok" must not be written before the pool's record of them is durable (set here,
+        # once per read: nothing takes the outbox while a read is being handled).
+        self._unsynced_accepts = True
         self.meter.add(now, work)
         self.pool.credit_shares(self.miner, count, work, now)
 
@@ -630,8 +636,8 @@ class Session:
             return
         outcome = self.pool.judge_share(self.miner, job, nonce, now)
         if outcome.accepted:
+            self._credit(1, job.terms.share_work, now)  # (first: it marks the "ok" to come unsynced)
             self._accepted(job, outcome, msgid, now)
-            self._credit(1, job.terms.share_work, now)
         else:
             self._rejected(outcome, job, job_id, raw_nonce, msgid)
 
@@ -674,10 +680,7 @@ class Session:
         return unsynced
 
     def _accepted(self, job: Job, outcome: ShareResult, msgid: Any, now: float) -> None:
-        """An accepted share's reply and bookkeeping, all but the crediting (:meth:`_credit`)."""
-        self.accepted += 1
-        self._unsynced_accepts = True
-        self.last_share_at = now
+        """An accepted share's reply and vardiff, all but the counting (:meth:`_credit`)."""
         terms = job.terms
         if outcome.is_block:
             self.blocks += 1
