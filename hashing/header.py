@@ -25,21 +25,19 @@ _sha256 = hashlib.sha256
 class HeaderHasher:
     """Hashes one 64-byte mining header with many nonces; the header's compression is done once."""
 
-    __slots__ = ("header", "state")
+    __slots__ = ("header", "_mid")
 
     def __init__(self, header: bytes) -> None:
         if len(header) != HEADER_SIZE:
             raise ValueError(f"mining header must be {HEADER_SIZE} bytes, got {len(header)}")
         self.header = bytes(header)
-        # SHA-256 after the header's block, for callers that inline hash_nonce_bytes: copy it,
-        # never update it.
-        self.state = _sha256(self.header)
+        self._mid = _sha256(self.header)
 
     def hash_nonce_bytes(self, nonce: bytes) -> bytes:
         """The block hash (big-endian, as Hathor shows it) for a 16-byte nonce."""
         if len(nonce) != NONCE_SIZE:
             raise ValueError(f"nonce must be {NONCE_SIZE} bytes, got {len(nonce)}")
-        h = self.state.copy()
+        h = self._mid.copy()
         h.update(nonce)
         return _sha256(h.digest()).digest()[::-1]
 

@@ -9,7 +9,6 @@ block; only such checked blocks are ever submitted (the node disconnects on inva
 from __future__ import annotations
 
 from functools import partial
-from hashlib import sha256 as _sha256
 from typing import NamedTuple
 
 from hashing.header import NONCE_SIZE, HeaderHasher
@@ -50,9 +49,7 @@ def check_share(job: Job, nonce: int, tip: bytes | None) -> ShareResult:
     hasher = job.midstate
     if hasher is None:
         hasher = job.midstate = HeaderHasher(job.header)
-    inner = hasher.state.copy()  # hasher.hash_nonce_bytes(nonce bytes), without its call
-    inner.update(nonce.to_bytes(NONCE_SIZE, "big"))
-    block_hash = _sha256(inner.digest()).digest()[::-1]
+    block_hash = hasher.hash_nonce_bytes(nonce.to_bytes(NONCE_SIZE, "big"))
     if block_hash >= terms.share_target:
         return _result((False, "invalid-solution", block_hash, False))
     seen.add(nonce)

@@ -67,9 +67,6 @@ class Vardiff:
         """The block weight: no job's weight goes above it (set by :meth:`job_sent`)."""
         return self._ceiling
 
-    def ramping(self, now: float) -> bool:
-        return now < self._ramp_end
-
     # --- inputs --------------------------------------------------------------------------------
 
     def job_sent(self, weight: float, now: float, ceiling: float) -> None:
@@ -153,7 +150,7 @@ class Vardiff:
         # decay must start from there (a heavier block later is found by the next retarget).
         self._weight = self.weight = min(self._weight, self._ceiling)
         s = self.settings
-        ramping = now < self._ramp_end  # (self.ramping(now), without the call)
+        ramping = now < self._ramp_end
         if self._shares:
             need = s.ramp_shares if ramping else s.retarget_shares
             by_count = self._shares >= need
@@ -161,8 +158,7 @@ class Vardiff:
                 # Stopping at the n-th share overestimates the rate by n / (n - 1): correct for it.
                 found = self._shares - 1 if by_count and self._shares > 1 else self._shares
                 target = math.log2(found / self._exposure_since(self._window_mark, now) * s.target_interval)
-                if now > self._total_at:  # (not after a share: integrated already)
-                    self._integrate(now)
+                self._integrate(now)
                 self._start = now
                 self._window_mark = self._total
                 self._shares = 0
