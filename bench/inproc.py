@@ -10,7 +10,9 @@ event loop thread's CPU time (``time.thread_time``), without the writer thread a
 ``python -m bench.inproc job [--sessions S] [--rounds R]`` gives S subscribed sessions a new
 template R times and times each round's ``take_new_job`` + ``take_events`` for all of them (what
 the fan-out builds per rig, without the sockets; on commits before ``take_new_job``, ``new_work``
-+ ``data_to_send``): µs per rig, fastest and median.
++ ``data_to_send``): µs per rig, fastest and median. Where sessions book their jobs after the
+fan-out (``Session.book``), the round books them all after the lines, as the fan-out does, and
+``us_line_*`` is the time up to the last line: what a rig's job waits for.
 
 ``--instructions`` runs the same scenario under valgrind (``--tool=callgrind``) twice, once whole
 and once without the measured loop, and prints the difference per share or per rig job. A count
@@ -154,8 +156,10 @@ async def _job(sessions: int, rounds: int, dry: bool) -> dict[str, Any]:
         pool, upstream = await _pool(nursery)
         clients = [_session(pool, JOB_WEIGHT) for _ in range(sessions)]
         take_new_job = getattr(type(clients[0]), "take_new_job", None)
+        book = getattr(type(clients[0]), "book", None)
         result: dict[str, Any] = {"scenario": "job", "sessions": sessions, "rounds": rounds}
         per_rig = []
+        per_rig_line = []  # up to the last rig's line: before the booking pass, where there is one
         for round_ in range(0 if dry else rounds):
             _publish(upstream, 60.0 + round_ + 1)  # a new template (another block weight), as on a new block
             seen = pool.generation
@@ -171,11 +175,23 @@ async def _job(sessions: int, rounds: int, dry: bool) -> dict[str, Any]:
                     session.data_to_send()
                 elif take_new_job(session, True, now) is None:
                     raise RuntimeError("a session made no job")
-                session.take_events()
+                if book is None:
+                    session.take_events()
+            per_rig_line.append((time.perf_counter() - began) / sessions * 1e6)
+            if book is not None:  # as the fan-out does once every rig has its line
+                for session in clients:
+                    book(session)
+                    session.take_events()
             per_rig.append((time.perf_counter() - began) / sessions * 1e6)
         if per_rig:
             kept = per_rig[1:] or per_rig  # the first round also warms the caches up
-            result.update(us_min=min(kept), us_median=statistics.median(kept))
+            lines = per_rig_line[1:] or per_rig_line
+            result.update(
+                us_min=min(kept),
+                us_median=statistics.median(kept),
+                us_line_min=min(lines),
+                us_line_median=statistics.median(lines),
+            )
         nursery.cancel_scope.cancel()
     return result
 

@@ -320,6 +320,43 @@ async def test_a_new_tip_reaches_every_rig_of_a_fan_out_of_several_batches_once(
         nursery.cancel_scope.cancel()
 
 
+async def test_a_share_read_before_the_fan_out_books_its_job_is_judged_on_that_job():
+    """The fan-out writes every rig's job line first and books the jobs (the session's history,
+    vardiff, the weight metric) after: a rig that answers its new job at once, before its job
+    is booked, has its share judged on that job, and every job is booked once the fan-out ends."""
+    async with trio.open_nursery() as nursery:
+        h = await start(nursery)
+        rigs = [await Client.connect(h.port) for _ in range(FAN_OUT_BATCH + 3)]
+        for rig in rigs:
+            await rig.subscribe()
+        answered = trio.Event()
+        book_jobs = h.server._book_jobs
+        unbooked_when_answered: list[int] = []
+
+        async def after_the_share(handed: list[Any]) -> None:
+            await answered.wait()  # the booking pass waits for the rig's answer
+            unbooked_when_answered.append(sum(s._unbooked is not None for s in h.server.sessions()))
+            await book_jobs(handed)
+
+        h.server._book_jobs = after_the_share  # type: ignore[method-assign]
+        await h.new_tip()
+        first = await rigs[0].job()
+        nonce = solve(bytes.fromhex(first["data"]), first["weight"])
+        reply = await rigs[0].call("submit", {"job_id": first["job_id"], "nonce": f"{nonce:032x}"})
+        answered.set()
+        assert reply["result"] == "ok", reply
+        # Only the rig whose share was read had booked its job by then.
+        await wait_for(lambda: unbooked_when_answered)
+        assert unbooked_when_answered == [len(rigs) - 1]
+        await wait_for(lambda: all(s._unbooked is None for s in h.server.sessions()))
+        jobs = [first] + [await rig.job() for rig in rigs[1:]]
+        for session, job in zip(h.server.sessions(), jobs, strict=True):
+            assert session.current_job is not None and session.current_job.job_id == job["job_id"]
+        [status] = [r for r in h.server.rigs() if r["accepted"]]
+        assert status["accepted"] == 1
+        nursery.cancel_scope.cancel()
+
+
 async def test_a_job_the_socket_takes_in_part_is_finished_by_the_writer_then_reported():
     """The fan-out writes a rig's new job straight to its socket; when the socket takes only part
     of it, the writer task sends the rest, and only then is the pool told the job was delivered."""

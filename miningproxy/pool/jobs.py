@@ -242,7 +242,7 @@ class JobFactory:
         return assembler
 
     def _new_terms(self, payout_script: bytes, share_weight: float) -> JobTerms:
-        if not payout_script:  # (here, made once per script and weight, not in new_job)
+        if not payout_script:  # (here, made once per script and weight, not in mint)
             raise ValueError("a job needs a payout script: none given, and the factory has no default")
         generation = self._generation
         assert generation is not None
@@ -257,8 +257,15 @@ class JobFactory:
     def new_job(self, payout_script: bytes | None, share_weight: float, now: float, clean: bool) -> Job:
         """A fresh job for one consumer, paying ``payout_script`` (None: the pool's). ``now`` is
         trio time (for ages); the block timestamp comes from the wall clock, clamped into the
-        template's range. Stratum sessions call this directly, once per rig per block; with
-        arguments by position (keywords cost their matching on every call)."""
+        template's range."""
+        terms, job_id, header = self.mint(payout_script, share_weight)
+        return Job(job_id, terms, header, now, clean)
+
+    def mint(self, payout_script: bytes | None, share_weight: float) -> tuple[JobTerms, str, bytes]:
+        """A fresh job's terms, id and header, paying ``payout_script`` (None: the pool's); a
+        :class:`Job` is these plus when and how it was sent. Stratum sessions call this directly,
+        once per rig per block, and make the job once its line is written; with arguments by
+        position (keywords cost their matching on every call)."""
         generation = self._generation
         if generation is None:
             raise LookupError("no template yet")
@@ -272,6 +279,5 @@ class JobFactory:
             self._second = math.floor(wall)
         terms = self._terms.get((payout_script, share_weight)) or self._new_terms(payout_script, share_weight)
         id_bytes = self._prefix + next(self._counter).to_bytes(_COUNTER_SIZE, "big")
-        graph_hash = _sha256(terms.graph_prefix + id_bytes).digest()
         self._made.value += 1
-        return Job(id_bytes.hex(), terms, terms.funds_hash + graph_hash, now, clean)
+        return terms, id_bytes.hex(), terms.funds_hash + _sha256(terms.graph_prefix + id_bytes).digest()

@@ -425,6 +425,7 @@ class StratumServer:
                 return
             connections = list(self._connections)
             clean = signal.clean
+            handed: list[_Connection] = []  # rigs handed their job's line: booked once all are out
             for start in range(0, len(connections), FAN_OUT_BATCH):
                 now = trio.current_time()
                 # A batch's jobs are built first and written after: each write's system call
@@ -450,13 +451,7 @@ class StratumServer:
                             else None
                         )
                         if line is not None:
-                            # A job changes neither the rig's miner nor its being a consumer;
-                            # only its events (a new weight) want settling.
-                            if session.events:
-                                self._settle(conn)
                             jobs.append((conn, line, session.last_job_taken))
-                            # A job never brings the session's next deadline forward (it only
-                            # pushes job_interval back), so the timer sleeps on undisturbed.
                             continue
                         if session.new_work(clean, now):
                             conn.job_queued(signal)
@@ -479,7 +474,25 @@ class StratumServer:
                         conn.wake_writer()
                 if delivered:
                     self._delivered(signal, delivered)  # one note for the batch, not one per rig
+                handed.extend(conn for conn, _, _ in jobs)
                 await trio.lowlevel.checkpoint()
+            await self._book_jobs(handed)
+
+    async def _book_jobs(self, handed: list[_Connection]) -> None:
+        """After a fan-out: put each handed-over job in its session's history (anything that
+        reads the history meanwhile books it first: a share read between two batches finds its
+        job) and act on the events that makes (a new weight)."""
+        for start in range(0, len(handed), FAN_OUT_BATCH):
+            for conn in handed[start : start + FAN_OUT_BATCH]:
+                session = conn.session
+                session.book()
+                # A job changes neither the rig's miner nor its being a consumer (its first one
+                # does, and comes with a weight event); only its events (a new weight) want
+                # settling. A job never brings the session's next deadline forward (it only
+                # pushes job_interval back), so the timer sleeps on undisturbed.
+                if session.events:
+                    self._settle(conn)
+            await trio.lowlevel.checkpoint()
 
 
 class _Connection:

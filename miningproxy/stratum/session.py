@@ -75,9 +75,8 @@ _WORKER_UNSAFE = re.compile(r"[^\x21-\x7e]")
 class JobMaker(Protocol):
     """Makes the jobs (``JobFactory``): the session asks it directly, once per rig per block."""
 
-    def new_job(self, payout_script: bytes | None, share_weight: float, now: float, clean: bool) -> Job:
-        """A job paying ``payout_script`` (None: the pool), created at ``now`` (the session's
-        clock: vardiff measures from it)."""
+    def mint(self, payout_script: bytes | None, share_weight: float) -> tuple[JobTerms, str, bytes]:
+        """A fresh job's terms, id and header, paying ``payout_script`` (None: the pool)."""
         ...
 
 
@@ -188,7 +187,7 @@ class Session:
     __slots__ = (
         "_awaiting_address_until", "_current", "_expired", "_expired_at", "_job_at", "_job_ids",
         "_job_ids_at", "_jobs", "_last_job_at", "_last_weight", "_outbox", "_outbox_bytes",
-        "_pending_version", "_seq", "_unsynced_accepts", "_version_asked", "accepted", "address",
+        "_pending_version", "_seq", "_unbooked", "_unsynced_accepts", "_version_asked", "accepted", "address",
         "blocks", "client_version", "close_reason", "connected_at", "events", "jobs_queued", "last_job_taken",
         "last_share_at", "meter", "miner", "network", "peer", "pool", "rejected", "settings",
         "shutting_down", "solo", "subscribed", "user_agent", "vardiff", "version_rtt", "worker",
@@ -244,6 +243,9 @@ class Session:
         self._expired_at = 0
         self._current: Job | None = None
         self._last_job_at = now
+        # A job whose line was handed over (take_new_job) but which is not in the history yet:
+        # (job id, terms, header, sent at, clean). See book().
+        self._unbooked: tuple[str, JobTerms, bytes, float, bool] | None = None
         self._last_weight: float | None = None
         self._awaiting_address_until: float | None = None
         self._outbox: list[bytes] = []  # encoded lines, in order
@@ -262,6 +264,8 @@ class Session:
 
     @property
     def current_job(self) -> Job | None:
+        if self._unbooked is not None:
+            self.book()
         return self._current
 
     @property
@@ -272,6 +276,8 @@ class Session:
         return self.meter.rate(now)
 
     def status(self, now: float) -> dict[str, Any]:
+        if self._unbooked is not None:
+            self.book()
         return {
             "peer": self.peer,
             "address": self.address.base58 if self.address else None,
@@ -320,6 +326,8 @@ class Session:
         """When :meth:`tick` next has something to do."""
         if self.close_reason is not None:
             return None
+        if self._unbooked is not None:
+            self.book()
         due: list[float] = []
         if not self.subscribed:
             due.append(self.connected_at + self.settings.subscribe_timeout)
@@ -360,6 +368,8 @@ class Session:
         general way, decoded again by the standard library (exact for any integer)."""
         if self.close_reason is not None:
             return
+        if self._unbooked is not None:
+            self.book()
         jobs = self._jobs
         judge = self.pool.judge_share
         count = 0  # accepted shares not yet credited, worth work in all
@@ -477,7 +487,12 @@ class Session:
         """:meth:`new_work` then :meth:`data_to_send`, for a session with nothing queued: the new
         job's line, handed over at once (the fan-out writes it straight away). None when no job
         was made, or when output is queued (or an "ok" still waits for the record): then nothing
-        changed, and ``new_work`` is the way."""
+        changed, and ``new_work`` is the way.
+
+        The job goes into the session's history (and vardiff's account) at :meth:`book`, not
+        here: the fan-out writes every rig's line first and books them all after, so the last
+        rig's line does not wait for the others' bookkeeping. Every method that reads the
+        history books first, so nothing can tell the difference."""
         if (
             self._outbox
             or self._unsynced_accepts
@@ -487,14 +502,47 @@ class Session:
             or self.shutting_down
         ):
             return None
-        line = self._job_line(now, clean)
+        line = self._mint(now, clean)
         if line is not None:
             self.last_job_taken = self.jobs_queued
         return line
 
+    def book(self) -> None:
+        """Put the job handed over by :meth:`take_new_job` into the history: the job itself,
+        vardiff's account of it, the weight event. Done by whatever reads them first."""
+        unbooked = self._unbooked
+        if unbooked is None:
+            return
+        self._unbooked = None
+        job_id, terms, header, now, clean = unbooked
+        job = Job(job_id, terms, header, now, clean)
+        weight = terms.share_weight
+        self.vardiff.job_sent(weight, now, terms.generation.template.weight)
+        self._jobs[job_id] = job
+        ids, at = self._job_ids, self._job_ids_at
+        gone = ids[at]
+        ids[at] = job_id
+        at += 1
+        self._job_ids_at = at if at < len(ids) else 0
+        if gone is not None:  # the history is full: its oldest job leaves for the expired ring
+            self._jobs.pop(gone, None)
+            expired = self._expired
+            if expired is None:
+                expired = self._expired = [None] * EXPIRED_HISTORY
+            slot = self._expired_at
+            expired[slot] = gone
+            self._expired_at = slot + 1 if slot + 1 < EXPIRED_HISTORY else 0
+        self._current = job
+        self._last_job_at = now
+        if weight != self._last_weight:
+            self._last_weight = weight
+            self.events.append(WeightUsed(weight))
+
     def tick(self, now: float) -> None:
         if self.close_reason is not None:
             return
+        if self._unbooked is not None:
+            self.book()
         if not self.subscribed and now >= self.connected_at + self.settings.subscribe_timeout:
             self.events.append(
                 LimitHit("subscribe_timeout", f"no subscribe in {self.settings.subscribe_timeout:g}s")
@@ -769,45 +817,32 @@ class Session:
             self._push_line(line, job=True)
 
     def _job_line(self, now: float, clean: bool) -> bytes | None:
-        """Make a new job (the session's bookkeeping included) and return its line, or None when
-        the pool has no template. The caller queues the line or, with nothing queued before it,
-        hands it over at once (take_new_job)."""
-        vardiff = self.vardiff
+        """Make a new job, put it in the history and return its line, or None when the pool has
+        no template. The caller queues the line."""
+        line = self._mint(now, clean)
+        if line is not None:
+            self.book()
+        return line
+
+    def _mint(self, now: float, clean: bool) -> bytes | None:
+        """A new job's line, its job waiting for :meth:`book` (an earlier one is booked first),
+        or None when the pool has no template (not once subscribed: the pool never forgets its
+        template)."""
+        if self._unbooked is not None:
+            self.book()
         try:
-            job = self.pool.jobs.new_job(
-                self.address.script if self.solo and self.address else None, vardiff.weight, now, clean
+            terms, job_id, header = self.pool.jobs.mint(
+                self.address.script if self.solo and self.address else None, self.vardiff.weight
             )
         except LookupError:
-            return None  # no template (not once subscribed: the pool never forgets its template)
-        terms = job.terms
-        weight = terms.share_weight
-        vardiff.job_sent(weight, now, terms.generation.template.weight)
-        job_id = job.job_id
-        self._jobs[job_id] = job
-        ids, at = self._job_ids, self._job_ids_at
-        gone = ids[at]
-        ids[at] = job_id
-        at += 1
-        self._job_ids_at = at if at < len(ids) else 0
-        if gone is not None:  # the history is full: its oldest job leaves for the expired ring
-            self._jobs.pop(gone, None)
-            expired = self._expired
-            if expired is None:
-                expired = self._expired = [None] * EXPIRED_HISTORY
-            slot = self._expired_at
-            expired[slot] = gone
-            self._expired_at = slot + 1 if slot + 1 < EXPIRED_HISTORY else 0
-        self._current = job
-        self._last_job_at = now
-        if weight != self._last_weight:
-            self._last_weight = weight
-            self.events.append(WeightUsed(weight))
+            return None
+        self._unbooked = (job_id, terms, header, now, clean)
         self.jobs_queued += 1
         msgid = self._seq
         self._seq = msgid + 1
         # The line from its cached parts (m.job_parts says how they join)
         head, after_data, after_id, tail = _LINE_PARTS.get((terms, clean)) or _line_parts(terms, clean)
-        return f"{head}{job.header.hex()}{after_data}{job_id}{after_id}{msgid:d}{tail}".encode("ascii")
+        return f"{head}{header.hex()}{after_data}{job_id}{after_id}{msgid:d}{tail}".encode("ascii")
 
     def _stale_data(self, job_id: str) -> dict[str, Any]:
         return {"current_job": self._current.job_id if self._current else None, "job_id": job_id}
