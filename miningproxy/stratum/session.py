@@ -492,7 +492,8 @@ class Session:
         The job goes into the session's history (and vardiff's account) at :meth:`book`, not
         here: the fan-out writes every rig's line first and books them all after, so the last
         rig's line does not wait for the others' bookkeeping. Every method that reads the
-        history books first, so nothing can tell the difference."""
+        history books first, so none of them can tell the difference; only the job's weight
+        event (:attr:`events`) comes at booking."""
         if (
             self._outbox
             or self._unsynced_accepts
