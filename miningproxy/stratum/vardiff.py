@@ -27,6 +27,11 @@ import math
 
 from miningproxy.stratum.settings import VardiffSettings
 
+# The controller runs on every few shares of a ramping rig and its deadlines after every read:
+# the builtins min() and max() cost ~130 ns a call here (their argument parsing), a conditional
+# expression ~20. Where they are replaced, the comment gives the call; the expression returns
+# the same operand in every case, ties and NaN included (the first unless the second is
+# strictly greater, or smaller).
 MIN_SPAN = 1e-3  # seconds: the shortest window an estimate is divided by
 RAMP_MIN_CHANGE = 0.25  # while ramping, corrections smaller than this are noise
 IDLE_MIN_CHANGE = 0.1
@@ -116,7 +121,8 @@ class Vardiff:
             return None
         idle = self._idle_due()
         if self._shares:
-            return min(self._start + self.settings.retarget_time, idle)
+            due = self._start + self.settings.retarget_time
+            return idle if idle < due else due  # (min(due, idle))
         return idle
 
     # --- the controller ------------------------------------------------------------------------
@@ -129,18 +135,25 @@ class Vardiff:
 
     def _exposure_since(self, mark: float, now: float) -> float:
         assert self._effective is not None
-        exposure = self._total - mark + max(0.0, now - self._total_at) / 2.0**self._effective
-        return max(exposure, MIN_SPAN / 2.0**self._effective)
+        scale = 2.0**self._effective
+        gap = now - self._total_at
+        exposure = self._total - mark + (gap if gap > 0.0 else 0.0) / scale  # (max(0.0, gap))
+        least = MIN_SPAN / scale
+        return least if least > exposure else exposure  # (max(exposure, least))
 
     def _idle_due(self) -> float:
         """When silence since the last counted share (or the first job) becomes suspicious:
         ``idle_after`` seconds, or two intervals while the ramp is still on; then every interval."""
         s = self.settings
         ramp_end = self._ramp_end
-        due = self._last_counted + min(s.idle_after, 2 * s.target_interval)
+        idle_after = s.idle_after
+        twice = 2 * s.target_interval
+        due = self._last_counted + (twice if twice < idle_after else idle_after)  # (min(idle_after, twice))
         if due >= ramp_end:
-            due = max(self._last_counted + s.idle_after, ramp_end)
-        return max(due, self._next_idle_check)
+            late = self._last_counted + idle_after
+            due = ramp_end if ramp_end > late else late  # (max(late, ramp_end))
+        check = self._next_idle_check
+        return check if check > due else due  # (max(due, check))
 
     def _evaluate(self, now: float, silent: bool) -> float | None:
         """The controller; ``silent``: ``now >= self._idle_due()`` (never right after a share)."""
@@ -148,7 +161,8 @@ class Vardiff:
             return None
         # A weight above the block's is not kept: the rig mines at the block weight, and idle
         # decay must start from there (a heavier block later is found by the next retarget).
-        self._weight = self.weight = min(self._weight, self._ceiling)
+        weight, ceiling = self._weight, self._ceiling
+        self._weight = self.weight = ceiling if ceiling < weight else weight  # (min(weight, ceiling))
         s = self.settings
         ramping = now < self._ramp_end
         if self._shares:
@@ -194,4 +208,6 @@ class Vardiff:
         s = self.settings
         if math.isnan(weight):
             return self._weight
-        return max(s.min_weight, min(s.max_weight, weight))
+        highest, lowest = s.max_weight, s.min_weight
+        weight = weight if weight < highest else highest  # (min(highest, weight))
+        return weight if weight > lowest else lowest  # (max(lowest, weight))
