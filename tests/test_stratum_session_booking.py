@@ -67,14 +67,15 @@ def held(rig: Rig) -> dict[str, Any]:
     }
 
 
-def step(rig: Rig, kind: str, arg: Any, now: float, submit: str | None) -> list[Any]:
-    """One step on one rig: what it answers, then the bytes the rig reads."""
+def step(rig: Rig, eager: bool, kind: str, arg: Any, now: float, submit: str | None) -> list[Any]:
+    """One step on one rig (``eager``: book a handed-over job at once): what it answers, then
+    the bytes the rig reads."""
     rig.now = rig.pool.now = now
     session = rig.session
     out: list[Any] = []
     if kind == "take":
         out.append(session.take_new_job(arg, now))
-        if rig.eager:  # type: ignore[attr-defined]
+        if eager:
             session.book()
     elif submit is not None:
         session.receive_many([submit], now)
@@ -99,7 +100,6 @@ def step(rig: Rig, kind: str, arg: Any, now: float, submit: str | None) -> list[
 @given(st.lists(STEPS, min_size=1, max_size=24))
 def test_a_job_booked_late_is_a_job_booked_at_once(steps: list[tuple[str, Any]]) -> None:
     eager, lazy = pair()
-    eager.eager, lazy.eager = True, False  # type: ignore[attr-defined]
     handed: list[dict[str, Any]] = []  # the jobs' params as the rig read them, oldest first
     now = 1.0
     for number, (kind, arg) in enumerate(steps):
@@ -110,8 +110,8 @@ def test_a_job_booked_late_is_a_job_booked_at_once(steps: list[tuple[str, Any]])
             nonce = find(bytes.fromhex(job["data"]), job["weight"], number << 20)
             params = {"job_id": job["job_id"], "nonce": f"{nonce:032x}"}
             submit = json.dumps({"id": 100 + number, "method": "submit", "params": params})
-        out = step(eager, kind, arg, now, submit)
-        assert step(lazy, kind, arg, now, submit) == out, (kind, arg)
+        out = step(eager, True, kind, arg, now, submit)
+        assert step(lazy, False, kind, arg, now, submit) == out, (kind, arg)
         for item in out:  # the rig's jobs: handed over, or queued and read
             if isinstance(item, bytes) and item:
                 handed.extend(jobs([json.loads(line) for line in item.splitlines()]))
