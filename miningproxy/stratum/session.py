@@ -813,17 +813,12 @@ class Session:
         )
 
     def _send_job(self, now: float, *, clean: bool) -> None:
-        line = self._job_line(now, clean)
-        if line is not None:
-            self._push_line(line, job=True)
-
-    def _job_line(self, now: float, clean: bool) -> bytes | None:
-        """Make a new job, put it in the history and return its line, or None when the pool has
-        no template. The caller queues the line."""
+        """Make a new job, put it in the history and queue its line (nothing when the pool has no
+        template). The fan-out's way is take_new_job: the line first, the history after."""
         line = self._mint(now, clean)
         if line is not None:
             self.book()
-        return line
+            self._push_line(line, job=True)
 
     def _mint(self, now: float, clean: bool) -> bytes | None:
         """A new job's line, its job waiting for :meth:`book` (an earlier one is booked first),
