@@ -22,6 +22,11 @@ from typing import Any
 from bench.common import Child, median, percentile
 
 GOALS_P99 = {1000: 0.025, 10000: 0.250}
+# Rounds per size. A round's p99 swings by a few ms with the machine's load (1,000 rigs: 18-29 ms
+# in one run), so the small sizes, whose rounds take a second, get more of them: the median then
+# moves less from one run of `make bench` to the next. 10,000 rigs take ~5 s a round.
+ROUNDS = {100: 9, 1000: 9, 10000: 5}
+QUICK_ROUNDS = 2
 SHARE_WEIGHT = 16.0  # pinned: no vardiff retarget sends jobs of its own during a round
 # The rigs hold this many weights (16 and up, in vardiff's steps of 1/16), pinned rig by rig: a
 # pool's rigs sit on a few dozen weights, and each weight's jobs are on terms of their own.
@@ -86,22 +91,21 @@ def run(
     *, quick: bool = False, sizes: tuple[int, ...] | None = None, rounds: int | None = None
 ) -> dict[str, Any]:
     sizes = sizes or ((100, 1000) if quick else (100, 1000, 10000))
-    rounds = rounds or (2 if quick else 5)
     result: dict[str, Any] = {
-        "rounds": rounds,
         "share_weight": SHARE_WEIGHT,
         "weight_spread": WEIGHT_SPREAD,
         "sizes": {},
     }
     measure = "kernel"  # "read" if some round had no kernel stamps
     for size in sizes:
+        size_rounds = rounds or (QUICK_ROUNDS if quick else ROUNDS.get(size, 5))
         children: dict[str, tuple[Child, Child, Child]] = {}
         per_round: dict[str, list[list[float]]] = {"baseline": [], "proxy": []}
         read_rounds: dict[str, list[list[float]]] = {"baseline": [], "proxy": []}
         try:
             for kind in per_round:
                 children[kind] = _setup(kind, size)
-            for _ in range(rounds):
+            for _ in range(size_rounds):
                 for kind in per_round:
                     node, _, rigs = children[kind]
                     stamped, read = _round(node, rigs)
@@ -116,7 +120,7 @@ def run(
             for trio_ in children.values():
                 for child in reversed(trio_):
                     child.close()
-        summary: dict[str, Any] = {}
+        summary: dict[str, Any] = {"rounds": size_rounds}
         for kind, lats in per_round.items():
             summary[kind] = {
                 "p50": median([percentile(r, 50) for r in lats]),

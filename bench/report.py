@@ -206,9 +206,19 @@ def _section_share_path(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def _rounds(r: dict[str, Any]) -> str:
+    """'5 rounds per size', or per size where they differ ('9 rounds at 100 rigs, ...')."""
+    if "rounds" in r:  # (results written before the rounds were per size)
+        return f"{r['rounds']} rounds per size"
+    per_size = {size: s["rounds"] for size, s in r["sizes"].items()}
+    if len(set(per_size.values())) == 1:
+        return f"{next(iter(per_size.values()))} rounds per size"
+    return "rounds: " + ", ".join(f"{n} at {int(size):,} rigs" for size, n in per_size.items())
+
+
 def _section_fanout(r: dict[str, Any]) -> list[str]:
     lines = [
-        f"{r['rounds']} rounds per size, baseline and proxy interleaved; medians over rounds. Latency: "
+        f"{_rounds(r)}, baseline and proxy interleaved; medians over rounds. Latency: "
         "from the node's `mining.notify` to the kernel's receive stamp of the job on the rig's socket."
         + (
             f" The rigs hold {r['weight_spread']} share weights ({r['share_weight']:g} and up in "

@@ -65,7 +65,21 @@ def test_fanout_times_every_rig() -> None:
         assert 0 < size[kind]["p50"] <= size[kind]["p99"] <= size[kind]["max"] < 10
         # The kernel stamps a job before the simulator gets to read it.
         assert size[kind]["p99"] <= size[kind]["p99_read"] + 0.001
+    assert size["rounds"] == 1
     assert report.rows("fanout", json.loads(json.dumps(result)))
+
+
+def test_the_fanout_section_says_how_many_rounds_each_size_had() -> None:
+    def size(rounds: int) -> dict[str, object]:
+        timing = {"p50": 0.001, "p99": 0.002, "max": 0.003, "p99_runs": [2.0] * rounds}
+        return {"rounds": rounds, "baseline": timing, "proxy": timing}
+
+    mixed = {"sizes": {"100": size(9), "1000": size(9), "10000": size(5)}}
+    assert "rounds: 9 at 100 rigs, 9 at 1,000 rigs, 5 at 10,000 rigs" in report.SECTIONS["fanout"](mixed)[0]
+    same = {"sizes": {"100": size(2), "1000": size(2)}}
+    assert report.SECTIONS["fanout"](same)[0].startswith("2 rounds per size,")
+    older = {"rounds": 5, "sizes": {"1000": size(5)}}  # results.json before rounds were per size
+    assert report.SECTIONS["fanout"](older)[0].startswith("5 rounds per size,")
 
 
 def test_connections_measures_memory_per_rig() -> None:
