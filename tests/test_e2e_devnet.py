@@ -69,8 +69,8 @@ async def test_proxy_mines_blocks_accepted_by_the_dev_node(tmp_path):
             {
                 "upstream": {"nodes": [f"http://127.0.0.1:{node_port}/v1a/"], "backoff_initial": 0.1},
                 "pool": {"address": PRIVATENET_ADDRESS, "tag": "e2e"},
-                "http": {"listen": "127.0.0.1:0"},
                 "workers": {"count": 1, "share_weight": 8.0},
+                **isolated(tmp_path),
             }
         )
         app = await nursery.start(run_app, config)
@@ -103,12 +103,12 @@ async def test_proxy_mines_blocks_accepted_by_the_dev_node(tmp_path):
         nursery.cancel_scope.cancel()
 
 
-async def test_health_is_503_with_a_reason_while_no_upstream():
+async def test_health_is_503_with_a_reason_while_no_upstream(tmp_path):
     config = config_from_dict(
         {
             "upstream": {"nodes": ["http://127.0.0.1:9/v1a/"], "backoff_initial": 0.1},
             "pool": {"address": PRIVATENET_ADDRESS},
-            "http": {"listen": "127.0.0.1:0"},
+            **isolated(tmp_path),
         }
     )
     async with trio.open_nursery() as nursery:
@@ -227,8 +227,8 @@ async def test_dev_node_killed_and_restarted_loses_no_found_block_silently(tmp_p
                     "backoff_max": 0.5,
                 },
                 "pool": {"address": PRIVATENET_ADDRESS, "tag": "kill"},
-                "http": {"listen": "127.0.0.1:0"},
                 "workers": {"count": 1, "share_weight": 10.0},
+                **isolated(tmp_path),
             }
         )
         app = await nursery.start(run_app, config)
