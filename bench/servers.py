@@ -9,7 +9,8 @@ Modes:
     the real proxy components: :class:`PoolService` + :class:`StratumServer`, with the real
     :class:`MiningUpstream` connected to ``--node`` (a fake node, see ``bench/fakenode.py``) or an
     in-process fake upstream holding one template. ``--record`` adds the pool's durable accounting
-    record (SQLite, ``synchronous=full``, as deployed): every "ok" then waits for its commit.
+    record (SQLite, ``synchronous=full``, with the found-block journal, as deployed): every "ok"
+    then waits for its commit.
 ``echo``
     the share-path floor: a bare trio server that writes every complete line back (one write per
     read), on the same kind of sockets.
@@ -148,6 +149,7 @@ def _pin_spread_weights(lowest: float, count: int) -> None:
 async def serve_stratum(args: argparse.Namespace) -> None:
     from bench.common import PRIVATENET_ADDRESS
     from miningproxy import gcpolicy
+    from miningproxy.events.block_journal import BlockJournal, journal_path
     from miningproxy.events.feed import EventFeed
     from miningproxy.events.log import EventLog
     from miningproxy.events.pool_events import POOL_SEQ, PoolEvents, open_pool_stream
@@ -204,9 +206,15 @@ async def serve_stratum(args: argparse.Namespace) -> None:
                 while pool.generation is None:
                     await trio.sleep(0.01)
             if args.record:
-                event_log = EventLog(Path(tmp) / "events.sqlite3", synchronous="full")
+                database = Path(tmp) / "events.sqlite3"
+                event_log = EventLog(database, synchronous="full")
                 open_pool_stream(event_log, "privatenet")
-                events = PoolEvents(EventFeed(event_log, POOL_SEQ))
+                # With the found-block journal, as EventsService sets it up: a block's line is
+                # written before the block goes upstream (figure 5 times it).
+                journal = BlockJournal(journal_path(database) or "")
+                events = PoolEvents(
+                    EventFeed(event_log, POOL_SEQ), journal=journal, journaled_before=journal.open()
+                )
                 await nursery.start(events.run)
                 pool.events = events
             await nursery.start(server.run)

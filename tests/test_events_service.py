@@ -86,3 +86,38 @@ async def test_the_pool_network_is_learned_from_the_node(nursery: trio.Nursery, 
     assert json.loads((await http_get(port, "/v1a/version"))[1])["network"] == "testnet-hotel"
     async with trio_websocket.open_websocket_url(f"ws://127.0.0.1:{port}/event_ws") as ws:
         assert json.loads(await ws.get_message())["type"] == "EVENT_WS_NOT_RUNNING"
+
+
+async def test_the_pool_record_gets_its_found_block_journal(nursery: trio.Nursery, tmp_path: Path) -> None:
+    events = EventsService(
+        database=str(tmp_path / "ev.sqlite3"), nodes=[], network="privatenet", consume_upstream=False
+    )
+    await nursery.start(events.run)
+    assert events.pool is not None and events.pool.journal is not None
+    events.pool.journal_block(
+        hash="ab" * 32, height=3, weight=60.0, miner="m", worker="w", address="a", job_id="j"
+    )
+    assert b"ab" * 32 in (tmp_path / "ev.sqlite3-found-blocks").read_bytes()
+
+
+async def test_a_journal_that_cannot_be_opened_is_logged_counted_and_done_without(
+    nursery: trio.Nursery, tmp_path: Path, caplog
+) -> None:
+    (tmp_path / "ev.sqlite3-found-blocks").mkdir()  # a directory where the file should be
+    registry = CollectorRegistry()
+    events = EventsService(
+        database=str(tmp_path / "ev.sqlite3"),
+        nodes=[],
+        network="privatenet",
+        consume_upstream=False,
+        registry=registry,
+    )
+    await nursery.start(events.run)
+    assert events.pool is not None and events.pool.journal is None
+    assert "cannot open the found-block journal" in caplog.text
+    stream = {"stream": "found-blocks"}
+    assert registry.get_sample_value("miningproxy_events_write_errors_total", stream) == 1
+    found = events.pool.block_found(
+        hash="ab" * 32, height=3, weight=60.0, miner="m", worker="w", address="a", job_id="j"
+    )
+    await events.pool.wait_durable(found)  # the record itself works as before

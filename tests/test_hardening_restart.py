@@ -25,6 +25,7 @@ import pytest
 import trio
 
 from hashing.header import HeaderHasher
+from miningproxy.devnode.chain import SubmitResult
 from miningproxy.devnode.server import DevNode
 from miningproxy.devnode.settings import DevNodeSettings
 from miningproxy.events.feed import EventFeed
@@ -167,6 +168,15 @@ def open_blocks(events: list[dict[str, Any]]) -> set[str]:
     return found - settled
 
 
+async def restarted_and_settled(proxy: Proxy, http_port: int) -> list[dict[str, Any]]:
+    """Start the proxy again; its record once every block found has a fate."""
+    await proxy.start()
+    with trio.fail_after(60):
+        while open_blocks(events := await pool_events(http_port, timeout=0.5)):
+            await trio.sleep(0.2)
+    return events
+
+
 async def kill_and_restart(tmp_path: Path, signals: list[int]) -> None:
     node = DevNode(DevNodeSettings(block_weight=BLOCK_WEIGHT, min_block_weight=8.0))
     async with trio.open_nursery() as nursery:
@@ -183,8 +193,8 @@ async def kill_and_restart(tmp_path: Path, signals: list[int]) -> None:
                     async with trio.open_nursery() as mining:
                         mining.start_soon(rig.run)  # returns when the proxy closes the connection
                         # Until the rig holds an "ok" for a share that is a block: that "ok" waits
-                        # for the block's record, as for any share. (A block the node took but
-                        # whose "ok" is not out yet may still miss the record: see recovery.py.)
+                        # for the block's record, as for any share. (A kill before the record is
+                        # committed: the test after this one.)
                         while len(rig.acked) < 40 or not rig.acked & (
                             {b.hash.hex() for b in node.chain.blocks} - before
                         ):
@@ -196,13 +206,7 @@ async def kill_and_restart(tmp_path: Path, signals: list[int]) -> None:
                     assert "stopped" in proxy.output()
                 else:
                     assert code == -signal.SIGKILL
-            await proxy.start()
-            with trio.fail_after(60):
-                while True:
-                    events = await pool_events(http_port, timeout=0.5)
-                    if not open_blocks(events):
-                        break
-                    await trio.sleep(0.2)
+            events = await restarted_and_settled(proxy, http_port)
             check_record(events, acked)
             assert any(e["type"] == "POOL_BLOCK_FOUND" for e in events)
             in_chain = {b.hash.hex() for b in node.chain.blocks}
@@ -224,6 +228,52 @@ async def test_repeated_kills_and_restarts(tmp_path):
     await kill_and_restart(
         tmp_path, [signal.SIGKILL, signal.SIGTERM, signal.SIGKILL, signal.SIGKILL, signal.SIGTERM]
     )
+
+
+async def test_a_proxy_killed_the_moment_the_node_takes_its_block_still_records_the_block(tmp_path):
+    # The dev node SIGKILLs the proxy as it stores a block from it: the block has left the proxy
+    # a moment ago and its POOL_BLOCK_FOUND is not committed yet (the commit comes ms later). The
+    # found-block journal has it, so the restarted proxy records it, and settles it as accepted.
+    node = DevNode(DevNodeSettings(block_weight=BLOCK_WEIGHT, min_block_weight=8.0))
+    taken: list[str] = []  # blocks the node stored just before killing the proxy
+    submit = node.chain.submit
+
+    def submit_then_kill(data: bytes, now: int) -> SubmitResult:
+        result = submit(data, now)
+        if result.accepted and proxy.proc is not None and proxy.proc.poll() is None:
+            proxy.proc.kill()
+            assert result.block_hash is not None
+            taken.append(result.block_hash.hex())
+        return result
+
+    node.chain.submit = submit_then_kill  # type: ignore[method-assign]
+    async with trio.open_nursery() as nursery:
+        node_port = await nursery.start(node.serve, "127.0.0.1", 0)
+        config, http_port, stratum_port = proxy_config(tmp_path, node_port)
+        proxy = Proxy(config, tmp_path / "proxy")
+        acked: set[str] = set()
+        try:
+            for kill in (1, 2):
+                await proxy.start()
+                rig = PipeliningRig(stratum_port)
+                with trio.fail_after(90):
+                    async with trio.open_nursery() as mining:
+                        mining.start_soon(rig.run)  # returns when the proxy goes away
+                        assert proxy.proc is not None
+                        assert await proxy.proc.wait() == -signal.SIGKILL
+                assert len(taken) == kill
+                acked |= rig.acked
+            events = await restarted_and_settled(proxy, http_port)
+        finally:
+            proxy.kill()
+        nursery.cancel_scope.cancel()
+    check_record(events, acked)
+    found = [e["data"]["hash"] for e in events if e["type"] == "POOL_BLOCK_FOUND"]
+    accepted = {e["data"]["hash"] for e in events if e["type"] == "POOL_BLOCK_ACCEPTED"}
+    assert set(taken) <= set(found), "a block the node took is missing from the record"
+    assert len(found) == len(set(found)), "a block was recorded twice"
+    assert set(taken) <= accepted
+    assert accepted <= {b.hash.hex() for b in node.chain.blocks}
 
 
 # --- settling blocks a stopped proxy left open -------------------------------------------------------

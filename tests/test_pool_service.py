@@ -244,3 +244,40 @@ async def test_every_job_handed_out_is_counted_in_metrics(autojump_clock):
         assert "# TYPE miningproxy_jobs_sent_total counter" in text
         assert "miningproxy_jobs_sent_total 3.0" in text
         assert pool.metrics.registry.get_sample_value("miningproxy_jobs_sent_total") == 3
+
+
+async def test_a_block_is_in_the_found_block_journal_before_it_goes_upstream(tmp_path):
+    from miningproxy.events.block_journal import BlockJournal, journal_path, read_journal
+    from miningproxy.events.feed import EventFeed
+    from miningproxy.events.log import EventLog
+    from miningproxy.events.pool_events import POOL_SEQ, PoolEvents, open_pool_stream
+
+    database = tmp_path / "events.sqlite3"
+    journal_file = journal_path(database)
+    assert journal_file is not None
+    seen_at_enqueue: list[list[str]] = []
+
+    class JournalCheckingUpstream(FakeUpstream):
+        def enqueue(self, struct, *, block_hash, parent, on_late_fate):
+            # What a crash right after the node got the block would leave behind.
+            blocks, _ = read_journal(journal_file.read_bytes())
+            seen_at_enqueue.append([b.hash for b in blocks])
+            return SimpleNamespace(queued_at=trio.current_time())
+
+        async def outcome(self, queued):
+            return SimpleNamespace(status="accepted", reason="", node="node-a", latency=0.0)
+
+    event_log = EventLog(database)
+    open_pool_stream(event_log, "privatenet")
+    journal = BlockJournal(journal_file)
+    events = PoolEvents(EventFeed(event_log, POOL_SEQ), journal=journal, journaled_before=journal.open())
+    async with running_pool(JournalCheckingUpstream()) as pool:
+        pool.attach_events(events)
+        job = pool.new_job(share_weight=1.0, clean=True)
+        result = pool.submit_share(RIG, job, winning_nonce(job, job.block_weight))
+        assert result.is_block
+        assert seen_at_enqueue == [[result.hash.hex()]]
+        (line,) = read_journal(journal_file.read_bytes())[0]
+        assert (line.height, line.miner, line.job_id) == (job.template.height, str(RIG), job.job_id)
+    journal.close()
+    event_log.close()

@@ -52,7 +52,7 @@ import secrets
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from itertools import islice
@@ -60,6 +60,7 @@ from typing import Any
 
 import trio
 
+from miningproxy.events.block_journal import BlockJournal, JournaledBlock
 from miningproxy.events.feed import EventFeed
 from miningproxy.events.log import EventLog, IdentityMismatch, StoredEvent, StreamIdentity
 from miningproxy.events.metrics import EventMetrics
@@ -72,6 +73,7 @@ _finite = math.isfinite
 log = logging.getLogger("miningproxy.events.pool")
 
 POOL_SEQ = "pool"
+JOURNAL_STREAM = "found-blocks"  # write_errors' label for the found-block journal
 PROXY_PEER_ID_KEY = "proxy.peer_id"
 
 LOAD_STARTED = "LOAD_STARTED"
@@ -216,6 +218,8 @@ class PoolEvents:
         max_pending: int = 100_000,
         retry_delay: float = 1.0,
         metrics: EventMetrics | None = None,
+        journal: BlockJournal | None = None,
+        journaled_before: Sequence[JournaledBlock] = (),
     ) -> None:
         if feed.identity is None or feed.last_id is None:
             raise ValueError("the pool feed has no stream yet: call open_pool_stream() before PoolEvents()")
@@ -233,6 +237,15 @@ class PoolEvents:
         # Why the last write failed, while writes fail (disk full, read-only): work that needs a
         # record is refused at once instead of piling up behind a disk that takes nothing.
         self.failing: str | None = None
+        # The found-block journal (an open BlockJournal, or None), what a previous run left in it
+        # (kept in the file until recovery has put each block in the record: see
+        # release_journaled_before), and the event id whose commit lets it be emptied: None when
+        # nothing in it waits, infinity while a journaled block's POOL_BLOCK_FOUND is not recorded.
+        self.journal = journal if journal is not None and journal.is_open else None
+        self.journaled_before = list(journaled_before)
+        self._journal_needs: float | None = None
+        if self.journal is not None and not self.journaled_before:
+            self.journal.clear()  # (nothing, or only lines that were not blocks: logged at open)
 
     @property
     def pending(self) -> int:
@@ -276,6 +289,9 @@ class PoolEvents:
                 self._pending.popleft()
             if self.metrics is not None:
                 self.metrics.appended.labels(POOL_SEQ).inc(len(batch))
+            needs = self._journal_needs
+            if needs is not None and batch[-1].id >= needs and not self.journaled_before:
+                self._empty_journal()
 
     async def flush(self) -> None:
         """Wait until everything recorded so far is durable."""
@@ -385,6 +401,39 @@ class PoolEvents:
         self._next_id += 1
         return event_id
 
+    def journal_block(
+        self,
+        *,
+        hash: bytes | str,
+        height: int,
+        weight: float,
+        miner: str,
+        worker: str,
+        address: str,
+        job_id: str,
+    ) -> None:
+        """Write a found block to the journal (block_journal.py): call it just before the block
+        goes upstream, and :meth:`block_found` right after."""
+        journal = self.journal
+        if journal is None:
+            return
+        assert self.feed.identity is not None  # (checked in __init__)
+        block = JournaledBlock(
+            self.feed.identity.stream_id,
+            self.clock(),
+            _hex(hash),
+            height,
+            float(weight),
+            miner,
+            worker,
+            address,
+            job_id,
+        )
+        if journal.write(block):
+            self._journal_needs = math.inf  # until its POOL_BLOCK_FOUND has an id (block_found)
+        elif self.metrics is not None:
+            self.metrics.write_errors.labels(JOURNAL_STREAM).inc()
+
     def block_found(
         self,
         *,
@@ -396,7 +445,7 @@ class PoolEvents:
         address: str,
         job_id: str,
     ) -> int:
-        return self.record(
+        event_id = self.record(
             POOL_BLOCK_FOUND,
             essential=True,
             data={
@@ -409,6 +458,27 @@ class PoolEvents:
                 "job_id": job_id,
             },
         )
+        if self._journal_needs is not None:
+            self._journal_needs = event_id  # its commit covers every journaled block so far
+        return event_id
+
+    def release_journaled_before(self, recorded_upto: int | None) -> None:
+        """Recovery has put every block of :attr:`journaled_before` in the record, the last one as
+        event ``recorded_upto`` (None: the record had them all): the journal may be emptied once
+        that is committed."""
+        self.journaled_before = []
+        if recorded_upto is not None:
+            needs = self._journal_needs
+            self._journal_needs = recorded_upto if needs is None else max(needs, recorded_upto)
+        needs = self._journal_needs
+        last = self.feed.last_id
+        if needs is None or (last is not None and last >= needs):
+            self._empty_journal()
+
+    def _empty_journal(self) -> None:
+        self._journal_needs = None
+        if self.journal is not None:
+            self.journal.clear()
 
     def block_submitted(
         self, *, hash: bytes | str, height: int, miner: str, worker: str, address: str, node: str

@@ -22,10 +22,11 @@ from prometheus_client import CollectorRegistry
 from prometheus_client.core import Metric
 
 from miningproxy.api.http import Router
+from miningproxy.events.block_journal import BlockJournal, JournaledBlock, journal_path
 from miningproxy.events.feed import EventFeed, run_retention
 from miningproxy.events.log import EventLog
 from miningproxy.events.metrics import EventMetrics, event_gauges
-from miningproxy.events.pool_events import POOL_SEQ, PoolEvents, open_pool_stream
+from miningproxy.events.pool_events import JOURNAL_STREAM, POOL_SEQ, PoolEvents, open_pool_stream
 from miningproxy.events.server import EventHttpApi, EventStreamServer
 from miningproxy.events.upstream import NodeEventConsumer
 from miningproxy.upstream.node_info import learn_network
@@ -54,6 +55,8 @@ class EventsService:
         self.nodes = list(nodes)
         self.network = network
         self.log = EventLog(database, synchronous=synchronous)
+        path = journal_path(database)
+        self.journal = BlockJournal(path) if path is not None else None
         self.metrics = EventMetrics(registry)
         self.node_feed = EventFeed(self.log, "node")
         self.pool_feed = EventFeed(self.log, POOL_SEQ)
@@ -92,7 +95,12 @@ class EventsService:
             network = await self._pool_network()
             open_pool_stream(self.log, network)
             self.pool_feed.reload()
-            self.pool = PoolEvents(self.pool_feed, metrics=self.metrics)
+            self.pool = PoolEvents(
+                self.pool_feed,
+                metrics=self.metrics,
+                journal=self.journal,
+                journaled_before=self._open_journal(),
+            )
             async with trio.open_nursery() as nursery:
                 await nursery.start(self.pool.run)
                 if self.consumer is not None:
@@ -106,7 +114,26 @@ class EventsService:
                 )
                 task_status.started()
         finally:
+            if self.journal is not None:
+                self.journal.close()
             self.log.close()
+
+    def _open_journal(self) -> list[JournaledBlock]:
+        """Open the found-block journal; the blocks a previous run left in it. A journal that
+        cannot be opened is logged and counted, and the proxy runs without it."""
+        if self.journal is None:
+            return []
+        try:
+            return self.journal.open()
+        except OSError as exc:
+            self.metrics.write_errors.labels(JOURNAL_STREAM).inc()
+            log.error(
+                "cannot open the found-block journal %s (%r): running without it, so a proxy killed "
+                "within a few ms of finding a block would lose that block's record (not the block)",
+                self.journal.path,
+                exc,
+            )
+            return []
 
     async def _pool_network(self) -> str:
         if self.network:

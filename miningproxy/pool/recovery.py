@@ -3,12 +3,15 @@
 The pool record says ``POOL_BLOCK_FOUND`` in the step that writes the block upstream (the block
 first: it is never held up for the record), durable at the record's next commit a few ms later,
 before the rig hears "ok" for it; and its fate (``POOL_BLOCK_ACCEPTED`` / ``POOL_BLOCK_REJECTED``)
-once the node has decided. A proxy killed within those few ms loses the found block's record (the
-node may still take the block: it pays the pool's address, but the record does not credit it). A
-proxy stopped between the commit and the fate (SIGKILL, a crash, a SIGTERM whose grace ran out)
-leaves a found block without a fate: a block reported found and then forgotten. On start-up the
-record is scanned up to its last event before this run, and each such block is judged against the
-node once it serves templates:
+once the node has decided. Just before the block goes upstream it is also written to the
+found-block journal (:mod:`miningproxy.events.block_journal`): a proxy killed before the commit
+leaves the block there, and on start-up each journaled block the record lacks is recorded again
+(only a power loss within those few ms can still lose a block's record; the block itself is the
+node's by then). A proxy stopped between the commit and the fate (SIGKILL, a crash, a SIGTERM
+whose grace ran out) leaves a found block without a fate: a block reported found and then
+forgotten. On start-up the record is scanned up to its last event before this run, and each such
+block (and each one recorded again from the journal) is judged against the node once it serves
+templates:
 
 1. the node's tip is the block -> accepted;
 2. the node's ``/v1a/transaction?id=`` knows it (needs the node's wallet index): accepted, or
@@ -187,11 +190,83 @@ async def settle_unfinished_blocks(pool: Any, nodes: Sequence[str], *, upto: int
         return 0
 
 
+def rerecord_journaled(events: PoolEvents, rows: Sequence[tuple[int, str]]) -> list[UnsettledBlock]:
+    """Record again each block the found-block journal kept from before the restart and the
+    record (``rows``: its block events up to then) lacks: a proxy killed between submitting a
+    block and committing its ``POOL_BLOCK_FOUND``. Returns them, without a fate yet; once they
+    are committed the journal may be emptied."""
+    previous = events.journaled_before
+    if not previous:
+        return []
+    identity = events.feed.identity
+    recorded = _found_hashes(rows)
+    blocks: list[UnsettledBlock] = []
+    for entry in previous:
+        if identity is None or entry.stream_id != identity.stream_id:
+            log.error(
+                "found-block journal: block %s (height %d, by %s) belongs to another pool record "
+                "(stream %s, not %s): not recorded in this one",
+                entry.hash,
+                entry.height,
+                entry.miner,
+                entry.stream_id,
+                identity.stream_id if identity else None,
+            )
+            continue
+        if entry.hash in recorded:
+            continue
+        recorded.add(entry.hash)
+        event_id = events.block_found(
+            hash=entry.hash,
+            height=entry.height,
+            weight=entry.weight,
+            miner=entry.miner,
+            worker=entry.worker,
+            address=entry.address,
+            job_id=entry.job_id,
+        )
+        log.warning(
+            "block %s (height %d, by %s) was submitted before the restart but missing from the "
+            "record: recorded again from the found-block journal",
+            entry.hash,
+            entry.height,
+            entry.miner,
+        )
+        blocks.append(
+            UnsettledBlock(
+                event_id,
+                entry.timestamp,
+                entry.hash,
+                entry.height,
+                entry.miner,
+                entry.worker,
+                entry.address,
+                entry.job_id,
+            )
+        )
+    events.release_journaled_before(blocks[-1].event_id if blocks else None)
+    return blocks
+
+
+def _found_hashes(rows: Iterable[tuple[int, str]]) -> set[str]:
+    """Every block the rows say was found, settled or not."""
+    found = set()
+    for _, text in rows:
+        if POOL_BLOCK_FOUND not in text:
+            continue
+        event = json.loads(text)
+        block_hash = (event.get("data") or {}).get("hash")
+        if event.get("type") == POOL_BLOCK_FOUND and isinstance(block_hash, str):
+            found.add(block_hash)
+    return found
+
+
 async def _settle(pool: Any, nodes: Sequence[str], upto: int | None) -> int:
     events: PoolEvents | None = pool.events
     if events is None or upto is None:
         return 0
-    blocks = unsettled_blocks(await read_record(events, upto))
+    rows = await read_record(events, upto)
+    blocks = unsettled_blocks(rows) + rerecord_journaled(events, rows)
     if not blocks:
         return 0
     log.warning(

@@ -287,9 +287,15 @@ class PoolService:
         the caller owes every accepted share. A Stratum session credits a read's shares together
         (they arrived at the same ``now``)."""
         result = check_share(job, nonce, self.jobs.tip)
-        # A block goes upstream first, in this very step; its share's record and every other
-        # piece of bookkeeping follow (a block is never held up, or dropped, for them).
-        block = self._enqueue_block(miner, job, nonce, result.hash or b"") if result.is_block else None
+        # A block goes upstream in this very step, right after its line in the found-block
+        # journal (a copy into a memory-mapped file: what lets a restart record a block whose
+        # commit a kill prevented); its share's record and every other piece of bookkeeping
+        # follow (a block is never held up, or dropped, for them).
+        block = None
+        if result.is_block:
+            if self.events is not None:
+                self._journal_block(miner, job, result.hash or b"")
+            block = self._enqueue_block(miner, job, nonce, result.hash or b"")
         if result.accepted and self.events is not None:
             terms = job.terms
             try:
@@ -323,6 +329,21 @@ class PoolService:
         """Credit ``count`` accepted shares worth ``work`` hashes in all, judged at ``now``."""
         self.stats.accepted(miner, work, now, count)
         self._shares_ok.value += count
+
+    def _journal_block(self, miner: MinerId, job: Job, block_hash: bytes) -> None:
+        assert self.events is not None
+        try:
+            self.events.journal_block(
+                hash=block_hash,
+                height=job.template.height,
+                weight=job.block_weight,
+                miner=str(miner),
+                worker=miner.worker,
+                address=miner.address,
+                job_id=job.job_id,
+            )
+        except Exception:  # (never expected) the block goes upstream whatever happens here
+            log.exception("found-block journal: block %s not journaled", block_hash.hex())
 
     def _enqueue_block(
         self, miner: MinerId, job: Job, nonce: int, block_hash: bytes
