@@ -197,7 +197,7 @@ async def test_a_journaled_block_stays_in_the_journal_until_its_record_is_commit
     event_log, feed = open_record(tmp_path)
     journal = BlockJournal(journal_path(event_log.path))
     events = PoolEvents(feed, journal=journal, journaled_before=journal.open())
-    events.journal_block(hash="ab" * 32, height=5, weight=60.0, **FIELDS)
+    events.journal_block(b"\xab" * 32, 5, 60.0, *FIELDS.values())
     assert [b.hash for b in journal_lines(tmp_path)] == ["ab" * 32]  # before any await: on disk
     found = events.block_found(hash="ab" * 32, height=5, weight=60.0, **FIELDS)
     assert [b.hash for b in journal_lines(tmp_path)] == ["ab" * 32]  # recorded, not committed
@@ -214,7 +214,7 @@ async def test_a_journaled_block_without_its_record_is_never_dropped_by_a_commit
     event_log, feed = open_record(tmp_path)
     journal = BlockJournal(journal_path(event_log.path))
     events = PoolEvents(feed, journal=journal, journaled_before=journal.open())
-    events.journal_block(hash="cd" * 32, height=5, weight=60.0, **FIELDS)
+    events.journal_block(b"\xcd" * 32, 5, 60.0, *FIELDS.values())
     other = events.template_changed(
         height=6, parent_hash="00", weight=60.0, reward=6400, clean=True, node="n"
     )
@@ -248,7 +248,7 @@ async def test_what_a_previous_run_left_is_kept_until_recovery_has_recorded_it(t
         assert journal_lines(tmp_path) == left  # a commit alone does not empty it
         # This run finds a block meanwhile: journaled after the previous run's lines, and its
         # commit does not empty the journal either (recovery has not run yet).
-        events.journal_block(hash="ee" * 32, height=9, weight=60.0, **FIELDS)
+        events.journal_block(b"\xee" * 32, 9, 60.0, *FIELDS.values())
         events.block_found(hash="ee" * 32, height=9, weight=60.0, **FIELDS)
         await events.flush()
         await trio.testing.wait_all_tasks_blocked()
@@ -270,7 +270,7 @@ async def test_what_a_previous_run_left_is_kept_until_recovery_has_recorded_it(t
 def test_no_journal_for_a_pool_record_without_one(tmp_path):
     event_log, feed = open_record(tmp_path)
     events = PoolEvents(feed)
-    events.journal_block(hash="ab" * 32, height=5, weight=60.0, **FIELDS)  # nothing to write to
+    events.journal_block(b"\xab" * 32, 5, 60.0, *FIELDS.values())  # nothing to write to
     assert events.block_found(hash="ab" * 32, height=5, weight=60.0, **FIELDS) == 1
     assert not list(tmp_path.glob("*found-blocks"))
     event_log.close()
@@ -297,7 +297,7 @@ KILLED_WRITER = textwrap.dedent(
             await events.flush()
             # A share that is a block, as PoolService.judge_share takes it: the journal, the block
             # upstream, the share's event and POOL_BLOCK_FOUND; then the kill, before the commit.
-            events.journal_block(hash=b"\\xbb" * 32, height=7, weight=60.5, **fields)
+            events.journal_block(b"\\xbb" * 32, 7, 60.5, *fields.values())
             events.share_accepted(share_weight=20.0, hash=b"\\xbb" * 32, height=7, **fields)
             events.block_found(hash=b"\\xbb" * 32, height=7, weight=60.5, **fields)
             os.kill(os.getpid(), signal.SIGKILL)

@@ -94,9 +94,7 @@ async def test_the_pool_record_gets_its_found_block_journal(nursery: trio.Nurser
     )
     await nursery.start(events.run)
     assert events.pool is not None and events.pool.journal is not None
-    events.pool.journal_block(
-        hash="ab" * 32, height=3, weight=60.0, miner="m", worker="w", address="a", job_id="j"
-    )
+    events.pool.journal_block(b"\xab" * 32, 3, 60.0, "m", "w", "a", "j")
     assert b"ab" * 32 in (tmp_path / "ev.sqlite3-found-blocks").read_bytes()
 
 

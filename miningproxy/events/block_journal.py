@@ -62,14 +62,7 @@ class JournaledBlock(NamedTuple):
 
     def encode(self) -> bytes:
         """One line of JSON (an object with the fields above), newline included."""
-        if not (_finite(self.timestamp) and _finite(self.weight)):  # (never expected) JSON's way
-            return _dumps(self._asdict()).encode() + b"\n"
-        return (
-            f'{{"stream_id":{_string(self.stream_id)},"timestamp":{self.timestamp!r},'
-            f'"hash":{_string(self.hash)},"height":{self.height:d},"weight":{self.weight!r},'
-            f'"miner":{_string(self.miner)},"worker":{_string(self.worker)},'
-            f'"address":{_string(self.address)},"job_id":{_string(self.job_id)}}}\n'
-        ).encode()
+        return encode_line(*self)
 
     @classmethod
     def decode(cls, line: bytes) -> JournaledBlock:
@@ -89,6 +82,30 @@ class JournaledBlock(NamedTuple):
 
 
 _dumps = json.JSONEncoder(ensure_ascii=False, separators=(",", ":")).encode
+
+
+def encode_line(
+    stream_id: str,
+    timestamp: float,
+    hash: str,
+    height: int,
+    weight: float,
+    miner: str,
+    worker: str,
+    address: str,
+    job_id: str,
+) -> bytes:
+    """A found block's journal line: what ``json.dumps`` writes for :class:`JournaledBlock`'s
+    fields as an object, formatted directly (it runs just before a block goes upstream)."""
+    if not (_finite(timestamp) and _finite(weight)):  # (never expected) JSON's own way
+        fields = JournaledBlock(stream_id, timestamp, hash, height, weight, miner, worker, address, job_id)
+        return _dumps(fields._asdict()).encode() + b"\n"
+    return (
+        f'{{"stream_id":{_string(stream_id)},"timestamp":{timestamp!r},"hash":{_string(hash)},'
+        f'"height":{height:d},"weight":{weight!r},"miner":{_string(miner)},"worker":{_string(worker)},'
+        f'"address":{_string(address)},"job_id":{_string(job_id)}}}\n'
+    ).encode()
+
 
 _TYPES = {
     "stream_id": str,
@@ -167,7 +184,10 @@ class BlockJournal:
     def write(self, block: JournaledBlock) -> bool:
         """Add ``block``'s line; False (logged, counted in ``errors``) when it cannot be: the
         block still goes upstream, its record is then only the commit's."""
-        line = block.encode()
+        return self.write_line(block.encode(), block.hash)
+
+    def write_line(self, line: bytes, block_hash: str) -> bool:
+        """:meth:`write` of a line made by :func:`encode_line` (the found block's own path)."""
         end = self._end
         try:
             if self._map is None:
@@ -181,7 +201,7 @@ class BlockJournal:
                 "found-block journal %s: block %s not journaled (%r); it is submitted anyway, and a "
                 "crash before the record's next commit would lose its record",
                 self.path,
-                block.hash,
+                block_hash,
                 exc,
             )
             return False

@@ -60,7 +60,7 @@ from typing import Any
 
 import trio
 
-from miningproxy.events.block_journal import BlockJournal, JournaledBlock
+from miningproxy.events.block_journal import BlockJournal, JournaledBlock, encode_line
 from miningproxy.events.feed import EventFeed
 from miningproxy.events.log import EventLog, IdentityMismatch, StoredEvent, StreamIdentity
 from miningproxy.events.metrics import EventMetrics
@@ -242,6 +242,7 @@ class PoolEvents:
         # release_journaled_before), and the event id whose commit lets it be emptied: None when
         # nothing in it waits, infinity while a journaled block's POOL_BLOCK_FOUND is not recorded.
         self.journal = journal if journal is not None and journal.is_open else None
+        self._stream_id = feed.identity.stream_id
         self.journaled_before = list(journaled_before)
         self._journal_needs: float | None = None
         if self.journal is not None and not self.journaled_before:
@@ -403,8 +404,7 @@ class PoolEvents:
 
     def journal_block(
         self,
-        *,
-        hash: bytes | str,
+        block_hash: bytes,
         height: int,
         weight: float,
         miner: str,
@@ -413,23 +413,16 @@ class PoolEvents:
         job_id: str,
     ) -> None:
         """Write a found block to the journal (block_journal.py): call it just before the block
-        goes upstream, and :meth:`block_found` right after."""
+        goes upstream, and :meth:`block_found` right after. By position: it is on the block's
+        way upstream."""
         journal = self.journal
         if journal is None:
             return
-        assert self.feed.identity is not None  # (checked in __init__)
-        block = JournaledBlock(
-            self.feed.identity.stream_id,
-            self.clock(),
-            _hex(hash),
-            height,
-            float(weight),
-            miner,
-            worker,
-            address,
-            job_id,
+        hash_hex = block_hash.hex()
+        line = encode_line(
+            self._stream_id, self.clock(), hash_hex, height, weight, miner, worker, address, job_id
         )
-        if journal.write(block):
+        if journal.write_line(line, hash_hex):
             self._journal_needs = math.inf  # until its POOL_BLOCK_FOUND has an id (block_found)
         elif self.metrics is not None:
             self.metrics.write_errors.labels(JOURNAL_STREAM).inc()

@@ -294,7 +294,7 @@ class PoolService:
         block = None
         if result.is_block:
             if self.events is not None:
-                self._journal_block(miner, job, result.hash or b"")
+                self._journal_block(self.events, miner, job, result.hash or b"")
             block = self._enqueue_block(miner, job, nonce, result.hash or b"")
         if result.accepted and self.events is not None:
             terms = job.terms
@@ -330,17 +330,18 @@ class PoolService:
         self.stats.accepted(miner, work, now, count)
         self._shares_ok.value += count
 
-    def _journal_block(self, miner: MinerId, job: Job, block_hash: bytes) -> None:
-        assert self.events is not None
+    @staticmethod
+    def _journal_block(events: PoolEvents, miner: MinerId, job: Job, block_hash: bytes) -> None:
+        template = job.terms.generation.template
         try:
-            self.events.journal_block(
-                hash=block_hash,
-                height=job.template.height,
-                weight=job.block_weight,
-                miner=str(miner),
-                worker=miner.worker,
-                address=miner.address,
-                job_id=job.job_id,
+            events.journal_block(
+                block_hash,
+                template.height,
+                template.weight,
+                str(miner),
+                miner.worker,
+                miner.address,
+                job.job_id,
             )
         except Exception:  # (never expected) the block goes upstream whatever happens here
             log.exception("found-block journal: block %s not journaled", block_hash.hex())
