@@ -242,7 +242,7 @@ class PoolEvents:
         # release_journaled_before), and the event id whose commit lets it be emptied: None when
         # nothing in it waits, infinity while a journaled block's POOL_BLOCK_FOUND is not recorded.
         self.journal = journal if journal is not None and journal.is_open else None
-        self._stream_id = feed.identity.stream_id
+        self._stream_id = feed.identity.stream_id if self.journal is not None else ""  # (its lines')
         self.journaled_before = list(journaled_before)
         self._journal_needs: float | None = None
         if self.journal is not None and not self.journaled_before:
