@@ -31,7 +31,7 @@ import math
 import mmap
 import os
 from pathlib import Path
-from typing import NamedTuple
+from typing import NamedTuple, get_type_hints
 
 log = logging.getLogger("miningproxy.events.journal")
 
@@ -107,17 +107,7 @@ def encode_line(
     ).encode()
 
 
-_TYPES = {
-    "stream_id": str,
-    "timestamp": float,
-    "hash": str,
-    "height": int,
-    "weight": float,
-    "miner": str,
-    "worker": str,
-    "address": str,
-    "job_id": str,
-}
+_TYPES = get_type_hints(JournaledBlock)  # each field's type, from the class
 
 
 def journal_path(database: str | os.PathLike[str]) -> Path | None:
@@ -181,13 +171,9 @@ class BlockJournal:
     def is_open(self) -> bool:
         return self._map is not None
 
-    def write(self, block: JournaledBlock) -> bool:
-        """Add ``block``'s line; False (logged, counted in ``errors``) when it cannot be: the
-        block still goes upstream, its record is then only the commit's."""
-        return self.write_line(block.encode(), block.hash)
-
     def write_line(self, line: bytes, block_hash: str) -> bool:
-        """:meth:`write` of a line made by :func:`encode_line` (the found block's own path)."""
+        """Add a found block's line (:func:`encode_line`); False (logged, counted in ``errors``)
+        when it cannot be: the block still goes upstream, its record is then only the commit's."""
         end = self._end
         try:
             if self._map is None:

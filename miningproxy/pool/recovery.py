@@ -28,7 +28,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,14 +60,18 @@ class UnsettledBlock:
     job_id: str
 
 
+def _block_events(rows: Iterable[tuple[int, str]]) -> Iterator[tuple[int, dict[str, Any], dict[str, Any]]]:
+    """(id, event, its data) of the rows that may be block events (the others are not parsed)."""
+    for event_id, text in rows:
+        if _BLOCK_MARK in text:
+            event = json.loads(text)
+            yield event_id, event, event.get("data") or {}
+
+
 def unsettled_blocks(rows: Iterable[tuple[int, str]]) -> list[UnsettledBlock]:
     """The found blocks without a later fate, in the order found, from (id, event text) rows."""
     found: dict[str, UnsettledBlock] = {}
-    for event_id, text in rows:
-        if _BLOCK_MARK not in text:
-            continue
-        event = json.loads(text)
-        data = event.get("data") or {}
+    for event_id, event, data in _block_events(rows):
         block_hash = data.get("hash")
         if event.get("type") == POOL_BLOCK_FOUND and isinstance(block_hash, str):
             found[block_hash] = UnsettledBlock(
@@ -250,15 +254,11 @@ def rerecord_journaled(events: PoolEvents, rows: Sequence[tuple[int, str]]) -> l
 
 def _found_hashes(rows: Iterable[tuple[int, str]]) -> set[str]:
     """Every block the rows say was found, settled or not."""
-    found = set()
-    for _, text in rows:
-        if POOL_BLOCK_FOUND not in text:
-            continue
-        event = json.loads(text)
-        block_hash = (event.get("data") or {}).get("hash")
-        if event.get("type") == POOL_BLOCK_FOUND and isinstance(block_hash, str):
-            found.add(block_hash)
-    return found
+    return {
+        data["hash"]
+        for _, event, data in _block_events(rows)
+        if event.get("type") == POOL_BLOCK_FOUND and isinstance(data.get("hash"), str)
+    }
 
 
 async def _settle(pool: Any, nodes: Sequence[str], upto: int | None) -> int:
