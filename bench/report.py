@@ -213,7 +213,7 @@ def _rounds(r: dict[str, Any]) -> str:
     per_size = {size: s["rounds"] for size, s in r["sizes"].items()}
     if len(set(per_size.values())) == 1:
         return f"{next(iter(per_size.values()))} rounds per size"
-    return "rounds: " + ", ".join(f"{n} at {int(size):,} rigs" for size, n in per_size.items())
+    return "Rounds per size: " + ", ".join(f"{n} at {int(size):,} rigs" for size, n in per_size.items())
 
 
 def _section_fanout(r: dict[str, Any]) -> list[str]:

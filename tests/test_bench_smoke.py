@@ -75,7 +75,10 @@ def test_the_fanout_section_says_how_many_rounds_each_size_had() -> None:
         return {"rounds": rounds, "baseline": timing, "proxy": timing}
 
     mixed = {"sizes": {"100": size(9), "1000": size(9), "10000": size(5)}}
-    assert "rounds: 9 at 100 rigs, 9 at 1,000 rigs, 5 at 10,000 rigs" in report.SECTIONS["fanout"](mixed)[0]
+    assert (
+        "Rounds per size: 9 at 100 rigs, 9 at 1,000 rigs, 5 at 10,000 rigs"
+        in report.SECTIONS["fanout"](mixed)[0]
+    )
     same = {"sizes": {"100": size(2), "1000": size(2)}}
     assert report.SECTIONS["fanout"](same)[0].startswith("2 rounds per size,")
     older = {"rounds": 5, "sizes": {"1000": size(5)}}  # results.json before rounds were per size
