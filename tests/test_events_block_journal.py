@@ -18,6 +18,7 @@ import pytest
 import trio
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from miningproxy.events.block_journal import (
     BlockJournal,
@@ -28,6 +29,7 @@ from miningproxy.events.block_journal import (
 )
 from miningproxy.events.feed import EventFeed
 from miningproxy.events.log import EventLog
+from miningproxy.events.metrics import EventMetrics
 from miningproxy.events.pool_events import POOL_SEQ, PoolEvents, open_pool_stream
 from miningproxy.pool.recovery import read_record, rerecord_journaled, unsettled_blocks
 
@@ -169,16 +171,6 @@ def test_lines_written_after_a_torn_one_are_read_whole(tmp_path):
     assert blocks == [a_block(1), a_block(3)] and len(problems) == 1
 
 
-def test_a_write_that_cannot_be_made_is_logged_and_counted(tmp_path, caplog):
-    journal = BlockJournal(tmp_path / "j")
-    journal.open()
-    journal.close()  # unmapped: every write fails
-    with caplog.at_level(logging.ERROR):
-        assert write(journal, a_block(7)) is False
-    assert journal.errors == 1
-    assert a_block(7).hash in caplog.text and "submitted anyway" in caplog.text
-
-
 # --- PoolEvents and the journal --------------------------------------------------------------------
 
 
@@ -268,6 +260,22 @@ async def test_what_a_previous_run_left_is_kept_until_recovery_has_recorded_it(t
         rows = await read_record(events, feed.last_id or 0)
         assert [b.hash for b in unsettled_blocks(rows)] == [left[0].hash, "ee" * 32, left[1].hash]
         nursery.cancel_scope.cancel()
+    event_log.close()
+
+
+def test_a_line_that_cannot_be_written_is_logged_and_counted(tmp_path, caplog):
+    event_log, feed = open_record(tmp_path)
+    registry = CollectorRegistry()
+    journal = BlockJournal(journal_path(event_log.path))
+    events = PoolEvents(
+        feed, metrics=EventMetrics(registry), journal=journal, journaled_before=journal.open()
+    )
+    journal.close()  # unmapped under the record's feet: every line fails
+    with caplog.at_level(logging.ERROR):
+        events.journal_block(b"\xab" * 32, 5, 60.0, *FIELDS.values())
+    assert "ab" * 32 in caplog.text and "submitted anyway" in caplog.text
+    errors = registry.get_sample_value("miningproxy_events_write_errors_total", {"stream": "found-blocks"})
+    assert errors == 1
     event_log.close()
 
 

@@ -140,7 +140,6 @@ class BlockJournal:
         self._fd = -1
         self._map: mmap.mmap | None = None
         self._end = 0  # where the next line goes
-        self.errors = 0  # lines that could not be written (each also logged)
 
     def open(self) -> list[JournaledBlock]:
         """Map the file (made, and filled with zeros, if need be); returns the blocks a previous
@@ -172,7 +171,7 @@ class BlockJournal:
         return self._map is not None
 
     def write_line(self, line: bytes, block_hash: str) -> bool:
-        """Add a found block's line (:func:`encode_line`); False (logged, counted in ``errors``)
+        """Add a found block's line (:func:`encode_line`); False (logged; PoolEvents counts it)
         when it cannot be: the block still goes upstream, its record is then only the commit's."""
         end = self._end
         try:
@@ -182,7 +181,6 @@ class BlockJournal:
                 self._grow(end + len(line))
             self._map[end : end + len(line)] = line
         except (OSError, ValueError) as exc:
-            self.errors += 1
             log.error(
                 "found-block journal %s: block %s not journaled (%r); it is submitted anyway, and a "
                 "crash before the record's next commit would lose its record",
