@@ -115,3 +115,24 @@ async def test_a_record_that_never_commits_closes_the_rig_unanswered(tmp_path):
             log.gate.set()
         await events.flush()
         nursery.cancel_scope.cancel()
+
+
+async def test_a_rig_gone_while_its_ok_waits_holds_back_nobody(tmp_path):
+    async with trio.open_nursery() as nursery:
+        h, log, events = await with_record(nursery, tmp_path)
+        gone, staying = [await Client.connect(h.port) for _ in range(2)]
+        jobs = [await gone.subscribe(), await staying.subscribe()]
+        log.gate.clear()
+        try:
+            await share(gone, jobs[0], 0, 1)  # waits first (its commit is stuck at the gate)
+            await wait_for(lambda: len(h.server._awaiting_record) == 1)
+            await share(staying, jobs[1], 0, 1)
+            await wait_for(lambda: len(h.server._awaiting_record) == 2)
+            await gone.aclose()
+            await wait_for(lambda: len(h.server._awaiting_record) == 1)
+        finally:
+            log.gate.set()
+        assert (await reply(staying, 1))["result"] == "ok"
+        assert not h.server._awaiting_record
+        await staying.aclose()
+        nursery.cancel_scope.cancel()

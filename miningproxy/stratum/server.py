@@ -33,6 +33,7 @@ from miningproxy.metrics import Metrics
 from miningproxy.pool.stats import MinerId
 from miningproxy.stratum.ban import BanList
 from miningproxy.stratum.framing import LineFramer
+from miningproxy.stratum.held import HeldOutputs
 from miningproxy.stratum.metrics import StratumMetrics
 from miningproxy.stratum.readhub import ReadHub
 from miningproxy.stratum.session import LimitHit, Penalty, Session, ShareRejected, WeightUsed
@@ -100,7 +101,7 @@ class StratumServer:
         # Connections holding output with an "ok" until the pool record commits it, oldest first
         # (so the ids they wait for never decrease): one commit releases them all, without waking
         # a task per rig. The watchdog closes any that waits longer than send_timeout.
-        self._awaiting_record: dict[_Connection, None] = {}
+        self._awaiting_record: HeldOutputs[_Connection] = HeldOutputs()
         self._awaiting_wake = trio.Event()
         self._record_listener: Any = None  # the PoolEvents whose commits we listen to
         self._hub = ReadHub()  # reads every plain-TCP rig socket from one task
@@ -276,8 +277,8 @@ class StratumServer:
         if events is not None:
             await events.flush()
 
-    def _await_record(self, conn: _Connection, events: Any) -> None:
-        """``conn`` holds output until the record's id ``conn._held[2]`` is committed."""
+    def _await_record(self, conn: _Connection, events: Any, need: int, deadline: float) -> None:
+        """``conn`` holds output until the record's id ``need`` is committed."""
         if self._record_listener is not events:
             if self._record_listener is not None:
                 self._record_listener.feed.remove_listener(self._record_committed)
@@ -285,23 +286,17 @@ class StratumServer:
             self._record_listener = events
         if not self._awaiting_record:
             self._awaiting_wake.set()
-        self._awaiting_record[conn] = None
+        self._awaiting_record.hold(conn, need, deadline)
 
     def _stop_awaiting_record(self, conn: _Connection) -> None:
-        self._awaiting_record.pop(conn, None)
+        self._awaiting_record.drop(conn)
 
     def _record_committed(self) -> None:
         """The record committed (a feed listener): write the output of every connection whose
         events are now on disk. Must not raise: it runs in the record's writer."""
         events = self._record_listener
         durable = -1 if events is None or events.feed.last_id is None else events.feed.last_id
-        awaiting = self._awaiting_record
-        while awaiting:
-            conn = next(iter(awaiting))
-            held = conn._held
-            if held is not None and held[2] > durable:
-                break  # the ids waited for only grow from here on
-            del awaiting[conn]
+        for conn in self._awaiting_record.release(durable):
             try:
                 conn.release_held()
             except Exception:
@@ -314,19 +309,16 @@ class StratumServer:
         rig is not frozen forever; its reconnect gets refusals until the disk recovers."""
         timeout = self.settings.send_timeout
         while True:
-            if not self._awaiting_record:
+            oldest = self._awaiting_record.oldest()
+            if oldest is None:
                 self._awaiting_wake = trio.Event()
                 await self._awaiting_wake.wait()
                 continue
-            conn = next(iter(self._awaiting_record))
-            held = conn._held
-            if held is None:  # taken over by its writer
-                self._awaiting_record.pop(conn, None)
+            conn, deadline = oldest
+            if trio.current_time() < deadline:
+                await trio.sleep_until(deadline)
                 continue
-            if trio.current_time() < held[3]:
-                await trio.sleep_until(held[3])
-                continue
-            self._awaiting_record.pop(conn, None)
+            self._awaiting_record.drop(conn)
             conn._held = None
             conn.session.close("accounting record not durable")
             self._limit_hit("record_timeout", conn.session.peer, f"shares not on disk after {timeout:g}s")
@@ -626,7 +618,7 @@ class _Connection:
                 if durable is None or durable < need:
                     deadline = trio.current_time() + self.server.settings.send_timeout
                     self._held = (data, taken, need, deadline)
-                    self.server._await_record(self, events)
+                    self.server._await_record(self, events, need, deadline)
                     return True
         else:
             data = session.data_to_send()
