@@ -137,30 +137,47 @@ def test_share_accepted_records_the_generic_text_for_every_share_of_a_run(
         assert stored.text == event_text(event_id, now, POOL_SHARE_ACCEPTED, data)
 
 
-def test_share_accepted_keeps_a_bounded_cache_and_stays_exact(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+def test_share_accepted_keeps_bounded_caches_and_stays_exact(monkeypatch) -> None:  # type: ignore[no-untyped-def]
     from miningproxy.events import pool_events
 
-    monkeypatch.setattr(pool_events, "SHARE_PARTS_CACHE", 8)
+    monkeypatch.setattr(pool_events, "MINER_PARTS_CACHE", 8)
+    monkeypatch.setattr(pool_events, "VALUE_PARTS_CACHE", 4)
     events = PoolEvents(_Feed(), clock=lambda: 5.5)  # type: ignore[arg-type]
-    for n in range(40):
-        job = f"job{n % 11}"
+    for n in range(60):
+        rig, weight, height = f"rig{n % 11}", 1.0 + n % 7, n % 5
         event_id = events.share_accepted(
-            miner="m", worker="w", address="a", job_id=job, share_weight=2.0, hash=bytes([n]), height=n % 3
-        )
-        assert len(events._share_parts) <= 8
+            miner=f"a.{rig}", worker=rig, address="a", job_id=f"job{n}", share_weight=weight,
+            hash=bytes([n]), height=height,
+        )  # fmt: skip
+        assert len(events._miner_parts) <= 8
+        assert len(events._weight_parts) <= 4 and len(events._height_parts) <= 4
         assert json.loads(events._pending[-1].text) == {
             "id": event_id,
             "timestamp": 5.5,
             "type": POOL_SHARE_ACCEPTED,
             "data": {
-                "miner": "m",
-                "worker": "w",
+                "miner": f"a.{rig}",
+                "worker": rig,
                 "address": "a",
-                "job_id": job,
-                "share_weight": 2.0,
-                "work": "4",
+                "job_id": f"job{n}",
+                "share_weight": weight,
+                "work": str(weight_to_work(weight)),
                 "hash": bytes([n]).hex(),
-                "height": n % 3,
+                "height": height,
             },
             "group_id": None,
         }
+
+
+def test_a_share_weight_or_height_equal_to_a_kept_one_but_of_another_type_is_written_as_itself() -> None:
+    # 2 == 2.0 and 1 == True: each finds the other's kept text piece, which must not be used.
+    events = PoolEvents(_Feed(), clock=lambda: 5.5)  # type: ignore[arg-type]
+    fields = {"miner": "m", "worker": "w", "address": "a", "job_id": "j", "hash": b"\x01"}
+    for share_weight, height in ((2.0, 1), (2, True), (2.0, 1)):
+        event_id = events.share_accepted(share_weight=share_weight, height=height, **fields)  # type: ignore[arg-type]
+        data = dict(fields, share_weight=share_weight, work="4", hash="01", height=height)
+        data = {
+            key: data[key]
+            for key in ("miner", "worker", "address", "job_id", "share_weight", "work", "hash", "height")
+        }
+        assert events._pending[-1].text == event_text(event_id, 5.5, POOL_SHARE_ACCEPTED, data)

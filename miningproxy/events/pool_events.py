@@ -100,7 +100,8 @@ POOL_EVENT_TYPES = (
 )
 
 
-SHARE_PARTS_CACHE = 8192  # jobs whose share text parts are kept: about one per rig's current job
+MINER_PARTS_CACHE = 65_536  # rigs whose share event text is kept (share_miner_part): one each
+VALUE_PARTS_CACHE = 1024  # share weights, and heights, whose share event text is kept
 
 _stored = partial(tuple.__new__, StoredEvent)  # builds a StoredEvent from a full 3-tuple, per share
 
@@ -126,23 +127,40 @@ def share_event_parts(
     change from one share of a job to the next: ``(head, tail)`` such that the event's JSON text is
     ``'{"id":ID,"timestamp":TS,' + head + HASH + tail``, HASH being the JSON string of the hash.
     None when a value is of another type than the usual ones (the generic encoder must do it)."""
-    if (
-        type(share_weight) is float
-        and type(height) is int
-        and type(miner) is str
-        and type(worker) is str
-        and type(address) is str
-        and type(job_id) is str
-        and type(work) is str
-        and _finite(share_weight)
-    ):
-        # repr() of a finite float and str() of an int are what the JSON encoder writes.
-        head = (
+    who = share_miner_part(miner, worker, address)
+    weight = share_weight_part(share_weight, work)
+    tail = share_height_part(height)
+    if who is None or weight is None or tail is None or type(job_id) is not str:
+        return None
+    return f"{who}{_string(job_id)}{weight}", tail
+
+
+# The pieces of share_event_parts, each made of what one kind of thing fixes: the rig, the share
+# weight, the block height. repr() of a finite float and str() of an int are what the JSON
+# encoder writes.
+
+
+def share_miner_part(miner: str, worker: str, address: str) -> str | None:
+    """The text from the event's type up to its job id's value."""
+    if type(miner) is str and type(worker) is str and type(address) is str:
+        return (
             f'"type":"POOL_SHARE_ACCEPTED","data":{{"miner":{_string(miner)},"worker":{_string(worker)},'
-            f'"address":{_string(address)},"job_id":{_string(job_id)},"share_weight":{share_weight!r},'
-            f'"work":{_string(work)},"hash":'
+            f'"address":{_string(address)},"job_id":'
         )
-        return head, f',"height":{height}}},"group_id":null}}'
+    return None
+
+
+def share_weight_part(share_weight: float, work: str) -> str | None:
+    """The text after the job id's value, up to the hash's."""
+    if type(share_weight) is float and type(work) is str and _finite(share_weight):
+        return f',"share_weight":{share_weight!r},"work":{_string(work)},"hash":'
+    return None
+
+
+def share_height_part(height: int) -> str | None:
+    """The text after the hash's value, to the end."""
+    if type(height) is int:
+        return f',"height":{height}}},"group_id":null}}'
     return None
 
 
@@ -232,8 +250,11 @@ class PoolEvents:
         self._next_id = feed.last_id + 1
         self._pending: deque[StoredEvent] = deque()
         self._wake = trio.Event()
-        # share_event_parts by (miner, worker, address, job_id, share_weight, height); () for None.
-        self._share_parts: dict[tuple[Any, ...], tuple[str, str] | tuple[()]] = {}
+        # A share event's text pieces by what they hold ("" where the values are not the usual
+        # types): the rig's (share_miner_part), the weight's, the height's.
+        self._miner_parts: dict[tuple[str, str, str], str] = {}
+        self._weight_parts: dict[float, str] = {}
+        self._height_parts: dict[int, str] = {}
         # Why the last write failed, while writes fail (disk full, read-only): work that needs a
         # record is refused at once instead of piling up behind a disk that takes nothing.
         self.failing: str | None = None
@@ -372,24 +393,36 @@ class PoolEvents:
         hash: bytes | str,
         height: int,
     ) -> int:
-        # record(POOL_SHARE_ACCEPTED, {...}) without the dict: the same text, a lot cheaper. All
-        # but the id, the time and the hash is the same for every share of a job: made once.
+        # record(POOL_SHARE_ACCEPTED, {...}) without the dict: the same text, a lot cheaper. It is
+        # put together from pieces kept per rig, per share weight and per height: all that is not
+        # the id, the time, the job id or the hash. (Pieces kept per job were made again for
+        # nearly every share once the rigs outnumbered the cache: 8,192 jobs, 10,000 rigs.)
         self._check_room()
         event_id = self._next_id
         now = self.clock()
-        key = (miner, worker, address, job_id, share_weight, height)
-        parts = self._share_parts.get(key)
-        if parts is None:
-            if len(self._share_parts) >= SHARE_PARTS_CACHE:  # the oldest half go (dicts keep order)
-                for stale in list(islice(self._share_parts, SHARE_PARTS_CACHE // 2)):
-                    del self._share_parts[stale]
-            parts = share_event_parts(
-                miner, worker, address, job_id, share_weight, str(weight_to_work(share_weight)), height
-            )
-            parts = self._share_parts[key] = parts or ()
-        if parts and type(hash) is bytes and type(now) is float and now - now == 0.0:  # (finite)
+        who = self._miner_parts.get((miner, worker, address))
+        if who is None:
+            who = self._miner_part(miner, worker, address)
+        weight = self._weight_parts.get(share_weight)
+        if weight is None:
+            weight = self._weight_part(share_weight)
+        tail = self._height_parts.get(height)
+        if tail is None:
+            tail = self._height_part(height)
+        if (
+            who
+            and weight
+            and tail
+            # 2 == 2.0 and 1 == True: a piece found by an equal key of another type is not its own
+            and type(share_weight) is float
+            and type(height) is int
+            and type(job_id) is str
+            and type(hash) is bytes
+            and type(now) is float
+            and now - now == 0.0  # (finite)
+        ):
             # A hash's hex digits need no JSON escaping.
-            text = f'{{"id":{event_id},"timestamp":{now!r},{parts[0]}"{hash.hex()}"{parts[1]}'
+            text = f'{{"id":{event_id},"timestamp":{now!r},{who}{_string(job_id)}{weight}"{hash.hex()}"{tail}'
         else:
             work = str(weight_to_work(share_weight))
             text = share_event_text(
@@ -401,6 +434,27 @@ class PoolEvents:
         pending.append(_stored((event_id, now, text)))  # StoredEvent(...), without NamedTuple's __new__
         self._next_id += 1
         return event_id
+
+    def _miner_part(self, miner: str, worker: str, address: str) -> str:
+        parts = self._miner_parts
+        if len(parts) >= MINER_PARTS_CACHE:  # the oldest half go (dicts keep order)
+            for stale in list(islice(parts, MINER_PARTS_CACHE // 2)):
+                del parts[stale]
+        part = parts[miner, worker, address] = share_miner_part(miner, worker, address) or ""
+        return part
+
+    def _weight_part(self, share_weight: float) -> str:
+        if len(self._weight_parts) >= VALUE_PARTS_CACHE:
+            self._weight_parts.clear()
+        part = share_weight_part(share_weight, str(weight_to_work(share_weight))) or ""
+        self._weight_parts[share_weight] = part
+        return part
+
+    def _height_part(self, height: int) -> str:
+        if len(self._height_parts) >= VALUE_PARTS_CACHE:
+            self._height_parts.clear()
+        part = self._height_parts[height] = share_height_part(height) or ""
+        return part
 
     def journal_block(
         self,
