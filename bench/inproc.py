@@ -12,7 +12,8 @@ template R times and times each round's ``take_new_job`` + ``take_events`` for a
 the fan-out builds per rig, without the sockets; on commits before ``take_new_job``, ``new_work``
 + ``data_to_send``): µs per rig, fastest and median. Where sessions book their jobs after the
 fan-out (``Session.book``), the round books them all after the lines, as the fan-out does, and
-``us_line_*`` is the time up to the last line: what a rig's job waits for.
+``us_line_*`` is the time up to the last line: what a rig's job waits for. ``--solo``: the
+sessions mine in solo mode, each paying its own address (every rig's job is on terms of its own).
 
 ``--instructions`` runs the same scenario under valgrind (``--tool=callgrind``) twice, once whole
 and once without the measured loop, and prints the difference per share or per rig job. A count
@@ -73,8 +74,11 @@ def _publish(upstream: Any, block_weight: float) -> None:
     )
 
 
-def _session(pool: Any, weight: float) -> Any:
-    from miningproxy.hathor.networks import network_for_name
+def _session(pool: Any, weight: float, solo_index: int | None = None) -> Any:
+    """A subscribed session at ``weight``; with ``solo_index``, a solo-mode one paying an address
+    of its own (made from the index)."""
+    from miningproxy.hathor.addresses import encode_address
+    from miningproxy.hathor.networks import TESTNET, network_for_name
     from miningproxy.stratum.session import Session
     from miningproxy.stratum.settings import StratumSettings, VardiffSettings
 
@@ -82,8 +86,18 @@ def _session(pool: Any, weight: float) -> Any:
         listen=("127.0.0.1", 0),
         vardiff=VardiffSettings(initial_weight=weight, min_weight=weight, max_weight=weight),
     )
-    session = Session(pool, settings, network_for_name("privatenet"), peer="bench", now=trio.current_time())
-    subscribe = {"id": 1, "method": "subscribe", "params": {"address": PRIVATENET_ADDRESS}}
+    mode, address = "pool", PRIVATENET_ADDRESS
+    if solo_index is not None:
+        mode, address = "solo", encode_address(TESTNET.p2pkh_version, solo_index.to_bytes(20, "big"))
+    session = Session(
+        pool,
+        settings,
+        network_for_name("privatenet"),
+        payout_mode=mode,
+        peer="bench",
+        now=trio.current_time(),
+    )
+    subscribe = {"id": 1, "method": "subscribe", "params": {"address": address}}
     session.receive_line(json.dumps(subscribe), trio.current_time())
     if not session.mining:
         raise RuntimeError(f"the session did not start mining: {session.data_to_send()!r}")
@@ -151,13 +165,13 @@ async def _share(count: int, dry: bool, record: bool = False) -> dict[str, Any]:
     return result
 
 
-async def _job(sessions: int, rounds: int, dry: bool) -> dict[str, Any]:
+async def _job(sessions: int, rounds: int, dry: bool, solo: bool = False) -> dict[str, Any]:
     async with trio.open_nursery() as nursery:
         pool, upstream = await _pool(nursery)
-        clients = [_session(pool, JOB_WEIGHT) for _ in range(sessions)]
+        clients = [_session(pool, JOB_WEIGHT, index if solo else None) for index in range(sessions)]
         take_new_job = getattr(type(clients[0]), "take_new_job", None)
         book = getattr(type(clients[0]), "book", None)
-        result: dict[str, Any] = {"scenario": "job", "sessions": sessions, "rounds": rounds}
+        result: dict[str, Any] = {"scenario": "job", "sessions": sessions, "rounds": rounds, "solo": solo}
         per_rig = []
         per_rig_line = []  # up to the last rig's line: before the booking pass, where there is one
         for round_ in range(0 if dry else rounds):
@@ -226,6 +240,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--record", action="store_true", help="share: with the durable pool record")
     parser.add_argument("--sessions", type=int, default=1000, help="sessions (job)")
     parser.add_argument("--rounds", type=int, default=10, help="new templates (job)")
+    parser.add_argument("--solo", action="store_true", help="job: solo mode, an address per session")
     parser.add_argument("--instructions", action="store_true", help="count instructions with valgrind")
     parser.add_argument("--dry", action="store_true", help=argparse.SUPPRESS)  # the set-up only
     return parser
@@ -239,7 +254,7 @@ def main(argv: list[str] | None = None) -> int:
     elif args.scenario == "share":
         result = trio.run(_share, args.count, args.dry, args.record)
     else:
-        result = trio.run(_job, args.sessions, args.rounds, args.dry)
+        result = trio.run(_job, args.sessions, args.rounds, args.dry, args.solo)
     print(json.dumps(result))
     return 0
 

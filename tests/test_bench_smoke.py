@@ -40,6 +40,10 @@ def test_inproc_times_shares_and_jobs(capsys) -> None:
     assert inproc.main(["job", "--sessions", "20", "--rounds", "3"]) == 0
     job = json.loads(capsys.readouterr().out)
     assert job["sessions"] == 20 and 0 < job["us_min"] <= job["us_median"]
+    # Solo: every session pays an address of its own (a session that is not mining raises).
+    assert inproc.main(["job", "--sessions", "20", "--rounds", "3", "--solo"]) == 0
+    solo = json.loads(capsys.readouterr().out)
+    assert solo["solo"] is True and 0 < solo["us_min"] <= solo["us_median"]
     assert inproc.main(["share", "--count", "50", "--dry"]) == 0
     assert "us_min" not in json.loads(capsys.readouterr().out)
     # With the record, every read's events are committed to SQLite before its replies are taken.

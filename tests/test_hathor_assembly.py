@@ -25,7 +25,7 @@ import miningproxy.hathor.assembly as assembly
 from hashing.header import check_pow
 from miningproxy.hathor.addresses import decode_address, encode_address
 from miningproxy.hathor.assembly import BlockAssembler, choose_parents, clamp_timestamp
-from miningproxy.hathor.block import Block, TxOutput, parse_block
+from miningproxy.hathor.block import MAX_SCRIPT_SIZE, Block, TxOutput, parse_block
 from miningproxy.hathor.networks import TESTNET
 from miningproxy.hathor.scripts import p2pkh_script, p2sh_script, parse_output_script
 from miningproxy.hathor.template import BlockTemplate
@@ -296,3 +296,54 @@ def test_assembled_blocks_agree_with_hathorlib(t, script, now, data, nonce) -> N
     assert built.struct(nonce) == hb.get_struct() == block.struct()
     assert built.hash(nonce) == hb.calculate_hash() == block.hash()
     assert parse_block(built.struct(nonce)) == block
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    templates(),
+    st.binary(max_size=30),
+    st.lists(
+        st.binary(min_size=20, max_size=20).map(p2pkh_script) | st.binary(max_size=100),
+        min_size=1,
+        max_size=4,
+    ),
+    st.floats(0, 2**33),
+    st.binary(max_size=100),
+)
+def test_an_assembler_made_for_another_script_is_the_one_made_from_the_template(
+    t, first, scripts, now, data
+) -> None:
+    # A solo pool's assemblers: the generation's first from its template, the others from it.
+    origin = BlockAssembler(t, first)
+    timestamp = clamp_timestamp(t, now)
+    origin.build(timestamp, data)  # (its graph head cached: the others must not depend on it)
+    for script in scripts:
+        made, fresh = origin.for_script(script), BlockAssembler(t, script)
+        assert (made.script, made.output, made.funds, made.funds_hash) == (
+            fresh.script,
+            fresh.output,
+            fresh.funds,
+            fresh.funds_hash,
+        )
+        assert (made.template, made.version, made.parents, made.data_max) == (
+            fresh.template,
+            fresh.version,
+            fresh.parents,
+            fresh.data_max,
+        )
+        built, expected = made.build(timestamp, data), fresh.build(timestamp, data)
+        assert (built.header, built.graph, built.struct(7)) == (
+            expected.header,
+            expected.graph,
+            expected.struct(7),
+        )
+        assert built.block == expected.block
+
+
+def test_an_assembler_for_a_script_too_long_is_refused_like_one_from_the_template() -> None:
+    t = template()
+    too_long = bytes(MAX_SCRIPT_SIZE + 1)
+    with pytest.raises(ValueError, match="output script"):
+        BlockAssembler(t, too_long)
+    with pytest.raises(ValueError, match="output script"):
+        BlockAssembler(t, b"").for_script(too_long)

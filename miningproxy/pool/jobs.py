@@ -216,6 +216,7 @@ class JobFactory:
         self._generation: Generation | None = None
         self.tip: bytes | None = None  # the generation's tip, read for every share
         self._assemblers: dict[bytes, BlockAssembler] = {}
+        self._first_assembler: BlockAssembler | None = None  # the generation's, made from its template
         self._max_assemblers = max_assemblers
         # (payout script, share weight asked for) -> terms, for this generation and timestamp.
         self._terms: dict[tuple[bytes, float], JobTerms] = {}
@@ -229,6 +230,7 @@ class JobFactory:
         self._generation = generation
         self.tip = generation.tip
         self._assemblers.clear()
+        self._first_assembler = None
         self._terms.clear()
         self._second = -math.inf
 
@@ -238,7 +240,14 @@ class JobFactory:
             assert self._generation is not None
             if len(self._assemblers) >= self._max_assemblers:
                 self._assemblers.clear()
-            assembler = self._assemblers[script] = BlockAssembler(self._generation.template, script)
+            # The generation's first assembler is made from the template; the others (a solo
+            # pool's, one per rig) from it, sharing what does not depend on the script.
+            first = self._first_assembler
+            if first is None:
+                first = self._first_assembler = BlockAssembler(self._generation.template, script)
+            assembler = self._assemblers[script] = (
+                first if first.script == script else first.for_script(script)
+            )
         return assembler
 
     def _new_terms(self, payout_script: bytes, share_weight: float) -> JobTerms:
