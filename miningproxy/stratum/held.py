@@ -34,9 +34,6 @@ class HeldOutputs(Generic[Owner]):
         """Owners waiting now."""
         return len(self._live)
 
-    def __contains__(self, owner: object) -> bool:
-        return owner in self._live
-
     def hold(self, owner: Owner, need: int, deadline: float) -> None:
         """``owner`` waits until record id ``need`` is durable, or until ``deadline``. ``need`` is
         at least that of every earlier hold (ids are recorded in order); a new hold of the same
