@@ -510,6 +510,39 @@ def test_solo_mode_pays_the_rigs_own_address_from_subscribe():
     assert rig.session.current_job.payout_script == PRIVATENET_SCRIPT
 
 
+def test_solo_rigs_at_one_weight_get_lines_of_their_own_blocks_that_follow_the_tip():
+    # Each solo rig's job is on terms of its own (its payout script), while the line around its
+    # header (weight, clean, tip) is shared: every line must still be its rig's block and the
+    # current tip, with "clean" as sent.
+    from hashlib import sha256
+
+    from miningproxy.hathor.addresses import decode_address
+    from miningproxy.hathor.block import parse_block
+
+    pool = FakePool(address=OTHER_ADDRESS)
+    rigs = [Rig(pool, mode="solo") for _ in range(2)]
+    for template, clean in ((None, True), (OTHER_TIP, True), (OTHER_TIP, False)):
+        if template is not None:
+            pool.set_template(template)
+        else:
+            pool.set_template()
+        for rig, address in zip(rigs, (PRIVATENET_ADDRESS, OTHER_ADDRESS), strict=True):
+            if rig.session.current_job is None:
+                lines = rig.subscribe(address)
+            else:
+                assert rig.session.new_work(clean, rig.now)
+                lines = rig.read()
+            (line,) = [line for line in lines if line.get("method") == "job"]
+            job = rig.session.current_job
+            block = parse_block(job.assembled.struct(0))
+            funds, graph = block.funds_struct(), block.graph_struct()
+            assert line["params"]["data"] == (sha256(funds).digest() + sha256(graph).digest()).hex()
+            assert block.outputs[0].script == decode_address(address).script
+            assert line["params"]["parent_hash"] == pool.jobs.generation.template.parents[0].hex()
+            assert line["params"]["clean"] is clean
+            assert line["params"]["weight"] == job.share_weight
+
+
 def test_solo_mode_takes_the_address_from_authorize():
     rig = Rig(mode="solo", authorize_timeout=5.0)
     rig.pool.set_template()

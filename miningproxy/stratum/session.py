@@ -905,18 +905,25 @@ def _is_address_elsewhere(text: str) -> bool:
 
 
 # The job line's parts for each (terms, clean) of late (see messages.job_parts): every rig at one
-# weight in a fan-out gets a job on the same terms, so all but the first find theirs here. The
-# only cache of them: an entry is a dict lookup, where a call with four arguments to hash was not.
+# weight in a fan-out gets a job on the same terms, so all but the first find theirs here (an
+# entry is a dict lookup, where a call with four arguments to hash was not). In solo mode every
+# rig's terms are its own (its own payout script), but the parts depend only on the weight,
+# "clean" and the tip: a rig's first job on new terms finds them in the second table.
 _LINE_PARTS: dict[tuple[JobTerms, bool], tuple[str, str, str, str]] = {}
+_LINE_PARTS_BY_VALUE: dict[tuple[float, bool, str], tuple[str, str, str, str]] = {}
 _MAX_LINE_PARTS = 4096  # (as many as the factory keeps terms: a weight per rig must not thrash it)
 
 
 def _line_parts(terms: JobTerms, clean: bool) -> tuple[str, str, str, str]:
     if len(_LINE_PARTS) >= _MAX_LINE_PARTS:
         _LINE_PARTS.clear()  # (old terms are of old templates: none comes back)
-    parts = _LINE_PARTS[terms, clean] = m.job_parts(
-        NONCE_SIZE, float(terms.share_weight), clean, terms.generation.tip_hex
-    )
+    key = (float(terms.share_weight), clean, terms.generation.tip_hex)
+    parts = _LINE_PARTS_BY_VALUE.get(key)
+    if parts is None:
+        if len(_LINE_PARTS_BY_VALUE) >= _MAX_LINE_PARTS:
+            _LINE_PARTS_BY_VALUE.clear()
+        parts = _LINE_PARTS_BY_VALUE[key] = m.job_parts(NONCE_SIZE, *key)
+    _LINE_PARTS[terms, clean] = parts
     return parts
 
 
