@@ -24,8 +24,8 @@ def py_spy() -> str | None:
 class Recorder:
     """``with Recorder(pid, out) as r: ...``: samples ``pid`` until the block ends."""
 
-    def __init__(self, pid: int, out: Path, *, rate: int = 250) -> None:
-        self.pid, self.out, self.rate = pid, out, rate
+    def __init__(self, pid: int, out: Path, *, rate: int = 250, threads: bool = False) -> None:
+        self.pid, self.out, self.rate, self.threads = pid, out, rate, threads
         self.raw = out.with_suffix(".raw")
         self.proc: subprocess.Popen[bytes] | None = None
 
@@ -35,7 +35,8 @@ class Recorder:
             raise RuntimeError("py-spy is not installed: pip install py-spy")
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(
-            [tool, "record", "--pid", str(self.pid), "-r", str(self.rate), "-f", "raw", "-o", str(self.raw)],
+            [tool, "record", "--pid", str(self.pid), "-r", str(self.rate), "-f", "raw", "-o", str(self.raw)]
+            + (["--threads"] if self.threads else []),  # each stack then starts with its thread
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
@@ -52,7 +53,9 @@ class Recorder:
 
 
 def _short(frame: str) -> str:
-    # "func (path/to/file.py:123)" -> "func (file.py:123)"
+    # "func (path/to/file.py:123)" -> "func (file.py:123)"; "thread (123): name" (--threads) as is
+    if frame.startswith("thread ("):
+        return frame
     name, _, where = frame.partition(" (")
     return f"{name} ({Path(where.rstrip(')').rsplit(':', 1)[0]).name}:{where.rstrip(')').rsplit(':', 1)[-1]})"
 
@@ -92,7 +95,9 @@ def summarize(raw: str, title: str = "") -> str:
 # --- scenarios: the server process of a figure under load, profiled --------------------------------
 
 
-def profile_share_path(out: Path, *, size: int = 100, record: bool = False, seconds: float = 6.0) -> None:
+def profile_share_path(
+    out: Path, *, size: int = 100, record: bool = False, seconds: float = 6.0, threads: bool = False
+) -> None:
     from bench.common import Child
     from bench.share_path import SHARE_WEIGHT, WINDOWS
 
@@ -104,12 +109,17 @@ def profile_share_path(out: Path, *, size: int = 100, record: bool = False, seco
         ) as rigs:
             rigs.receive(120)
             rigs.send(cmd="shares", seconds=seconds, warmup=0.3, pid=server.pid)
-            with Recorder(server.pid, out):
+            with Recorder(server.pid, out, threads=threads):
                 answer = rigs.receive(seconds + 60)
     _header(
         out,
         f"share path, {size} connection{'' if size == 1 else 's'}{' with the record' if record else ''}: "
-        f"{answer['rate']:,.0f} shares/s",
+        f"{answer['rate']:,.0f} shares/s, {answer['cpu_rate']:,.0f} shares/CPU-s"
+        + (
+            "; samples per thread (py-spy --threads: a thread waiting in a system call may count)"
+            if threads
+            else ""
+        ),
     )
 
 
@@ -185,6 +195,7 @@ SCENARIOS = {
     "share_path": profile_share_path,
     "share_path_record": lambda out: profile_share_path(out, record=True),
     "share_path_1": lambda out: profile_share_path(out, size=1),
+    "share_path_record_1000": lambda out: profile_share_path(out, size=1000, record=True, threads=True),
     "fanout": profile_fanout,
     "submit_latency": profile_submit,
     "event_replay": profile_event_replay,
