@@ -225,3 +225,28 @@ def test_each_job_is_the_block_its_clock_and_script_make(steps):
 def test_a_tag_that_leaves_no_room_for_the_job_id_is_refused():
     with pytest.raises(ValueError, match="pool tag"):
         JobFactory("x" * 90)
+
+
+def test_a_solo_pools_refresh_reuses_every_rigs_assembler_up_to_thousands_of_rigs(monkeypatch):
+    # Solo mode: an assembler per rig's payout script per template. A refresh (the same template,
+    # a new second) must find them all again, not make them anew for a pool of 10,000 rigs.
+    from miningproxy.hathor.assembly import BlockAssembler
+
+    made = []
+    for_script = BlockAssembler.for_script
+    monkeypatch.setattr(BlockAssembler, "for_script", lambda self, s: made.append(s) or for_script(self, s))
+    clock = [float(NOW)]
+    jobs = JobFactory("pooltag", wallclock=lambda: clock[0])
+    jobs.set_generation(Generation(1, TEMPLATES[0], "node-a", 0.0))
+    scripts = [bytes.fromhex("76a914") + i.to_bytes(20, "big") + bytes.fromhex("88ac") for i in range(10_000)]
+    for script in scripts:
+        jobs.new_job(script, 4.0, now=0.0, clean=True)
+    assert len(made) == len(scripts) - 1  # the first made from the template
+    made.clear()
+    clock[0] += 1.0  # a refresh: new terms, the same assemblers
+    for script in scripts:
+        assert (
+            parse_block(jobs.new_job(script, 4.0, now=0.0, clean=False).assembled.struct(0)).outputs[0].script
+            == script
+        )
+    assert made == []

@@ -193,7 +193,7 @@ class JobFactory:
         payout_script: bytes = b"",
         made: Any = None,
         wallclock: Callable[[], float] = time.time,
-        max_assemblers: int = 4096,
+        max_assemblers: int = 65_536,  # one per solo rig (~550 bytes): fewer than rigs thrashes refreshes
         max_terms: int = 4096,
     ) -> None:
         self._tag = tag.encode()
