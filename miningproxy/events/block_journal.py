@@ -60,10 +60,6 @@ class JournaledBlock(NamedTuple):
     address: str
     job_id: str
 
-    def encode(self) -> bytes:
-        """One line of JSON (an object with the fields above), newline included."""
-        return encode_line(*self)
-
     @classmethod
     def decode(cls, line: bytes) -> JournaledBlock:
         try:
