@@ -135,7 +135,7 @@ def profile_fanout(out: Path, *, size: int = 1000, rounds: int = 8) -> None:
             for _ in range(rounds):
                 lats, _ = _round(node, rigs)  # by the kernel's receive stamps
                 p99.append(lats[int(len(lats) * 0.99) - 1])
-                time.sleep(0.2)
+                time.sleep(0.2 + size / 20000)  # as bench.fanout: the server settles between rounds
     finally:
         for child in (rigs, server, node):
             child.close()
@@ -195,8 +195,10 @@ SCENARIOS = {
     "share_path": profile_share_path,
     "share_path_record": lambda out: profile_share_path(out, record=True),
     "share_path_1": lambda out: profile_share_path(out, size=1),
+    "share_path_record_1": lambda out: profile_share_path(out, size=1, record=True, threads=True),
     "share_path_record_1000": lambda out: profile_share_path(out, size=1000, record=True, threads=True),
     "fanout": profile_fanout,
+    "fanout_10000": lambda out: profile_fanout(out, size=10000, rounds=10),
     "submit_latency": profile_submit,
     "event_replay": profile_event_replay,
 }

@@ -20,8 +20,28 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1000:.2f} ms"
 
 
-def _verdict(ok: bool, by: str = "") -> str:
-    return "met" if ok else f"**missed**{' by ' + by if by else ''}"
+# The profile in docs/profiles/ of each case with a goal (`python -m bench.profiling NAME OUT`):
+# a missed goal's verdict points at it.
+PROFILES = {
+    ("share_path", "proxy", "1"): "share_path_1.txt",
+    ("share_path", "proxy", "100"): "share_path-after.txt",
+    ("share_path", "proxy+record", "1"): "share_path_record_1.txt",
+    ("share_path", "proxy+record", "100"): "share_path_record.txt",
+    ("share_path", "proxy+record", "1000"): "share_path_record_1000.txt",
+    ("fanout", "1000"): "fanout-after.txt",
+    ("fanout", "10000"): "fanout_10000.txt",
+    ("event_replay", "1000"): "event_replay-after.txt",
+    ("submit_latency",): "submit_latency.txt",
+}
+
+
+def _verdict(ok: bool, by: str = "", profile: tuple[str, ...] = ()) -> str:
+    if ok:
+        return "met"
+    found = PROFILES.get(profile)
+    return f"**missed**{' by ' + by if by else ''}" + (
+        f"; profile: [{found}](profiles/{found})" if found else ""
+    )
 
 
 # --- rows of the summary table: (figure, case, value, baseline, ratio, goal, verdict) -------------
@@ -52,7 +72,7 @@ def rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
                         f"echo {echo['cpu_rate']:,.0f}/CPU-s ({echo['rate']:,.0f}/s wall)",
                         f"{p['cpu_ratio']:.2f}x slower",
                         ">= 20,000/s on one core, <= 3x echo",
-                        _verdict(rate_ok and ratio_ok, "; ".join(misses)),
+                        _verdict(rate_ok and ratio_ok, "; ".join(misses), (name, variant, size)),
                     )
                 )
     elif name == "fanout":
@@ -64,7 +84,9 @@ def rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
             verdict = "-"
             if goal is not None:
                 verdict = _verdict(
-                    p["p99"] <= goal, f"{_ms(p['p99'] - goal)} ({p['p99'] / goal:.1f}x the goal)"
+                    p["p99"] <= goal,
+                    f"{_ms(p['p99'] - goal)} ({p['p99'] / goal:.1f}x the goal)",
+                    (name, size),
                 )
             out.append(
                 (
@@ -106,7 +128,9 @@ def rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
                     f"SQLite read + JSON {base:,.0f}/s",
                     f"{rate / base:.2f}x",
                     ">= 20,000 events/s" if goal else "(no goal)",
-                    _verdict(rate >= 20000, f"{20000 - rate:,.0f}/s ({20000 / rate:.1f}x short)")
+                    _verdict(
+                        rate >= 20000, f"{20000 - rate:,.0f}/s ({20000 / rate:.1f}x short)", (name, window)
+                    )
                     if goal
                     else "-",
                 )
@@ -125,7 +149,7 @@ def rows(name: str, r: dict[str, Any]) -> list[tuple[str, ...]]:
                     f"relay p99 {_ms(b['p99'])} (p50 {_ms(b['p50'])})",
                     f"{m['ratio_p99']:.2f}x",
                     "p99 <= 2 ms" if goal else "(context)",
-                    _verdict(p["p99"] <= GOAL_P99, f"{_ms(p['p99'] - GOAL_P99)}") if goal else "-",
+                    _verdict(p["p99"] <= GOAL_P99, f"{_ms(p['p99'] - GOAL_P99)}", (name,)) if goal else "-",
                 )
             )
     elif name == "hashing":

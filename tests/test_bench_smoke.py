@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+from pathlib import Path
 
 from bench import (
     against,
@@ -87,6 +88,31 @@ def test_the_fanout_section_says_how_many_rounds_each_size_had() -> None:
     assert report.SECTIONS["fanout"](same)[0].startswith("2 rounds per size,")
     older = {"rounds": 5, "sizes": {"1000": size(5)}}  # results.json before rounds were per size
     assert report.SECTIONS["fanout"](older)[0].startswith("5 rounds per size,")
+
+
+def test_a_missed_goal_points_at_its_profile() -> None:
+    """The summary's verdict of a missed goal links the profile docs/ keeps for that case; a met
+    goal says "met" alone; every profile named there exists."""
+
+    def fanout_result(p99_10000: float) -> dict[str, object]:
+        timing = {"p50": 0.001, "p99": 0.002}
+        big = {"p50": 0.1, "p99": p99_10000}
+        return {
+            "sizes": {
+                "10000": {"baseline": timing, "proxy": big, "ratio_p99": 1.0},
+                "100": {"baseline": timing, "proxy": timing, "ratio_p99": 1.0},
+            }
+        }
+
+    missed = {row[1]: row[-1] for row in report.rows("fanout", fanout_result(0.300))}
+    assert missed["10000 rigs"].startswith("**missed** by 50.00 ms")
+    assert "[fanout_10000.txt](profiles/fanout_10000.txt)" in missed["10000 rigs"]
+    assert missed["100 rigs"] == "-"  # no goal at 100 rigs
+    met = {row[1]: row[-1] for row in report.rows("fanout", fanout_result(0.200))}
+    assert met["10000 rigs"] == "met"
+    docs = Path(__file__).resolve().parent.parent / "docs"
+    for name in report.PROFILES.values():
+        assert (docs / "profiles" / name).is_file(), name
 
 
 def test_connections_measures_memory_per_rig() -> None:
