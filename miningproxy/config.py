@@ -344,6 +344,13 @@ def _stratum_section(raw: Any) -> StratumSettings:
             values[key] = (hp.host, hp.port)
         elif key in ("tls_cert", "tls_key"):
             values[key] = _string(name, value)
+        elif key == "proxy_protocol_from":
+            if not isinstance(value, list):
+                raise ConfigError(
+                    name,
+                    f'expected a list of balancer addresses or networks, e.g. ["10.0.0.5"], got {value!r}',
+                )
+            values[key] = tuple(value)  # each entry: StratumSettings.check()
         elif key in _STRATUM_BOOLS:
             values[key] = _boolean(name, value)
         elif key in _STRATUM_KEYS:

@@ -176,9 +176,26 @@ def test_stratum_tables_are_read_and_checked():
         ({"tls_listen": "0.0.0.0:3334"}, "stratum.tls_cert"),
         ({"job_interval": "30"}, "stratum.job_interval"),
         ({"colour": "blue"}, "stratum.colour"),
+        ({"proxy_protocol_from": "10.0.0.5"}, "stratum.proxy_protocol_from"),
+        ({"proxy_protocol_from": ["10.0.0.5", 7]}, "stratum.proxy_protocol_from[1]"),
+        ({"proxy_protocol_from": ["balancer.lan"]}, "stratum.proxy_protocol_from[0]"),
     ],
 )
 def test_bad_stratum_values_name_their_key(stratum, key):
     with pytest.raises(ConfigError) as info:
         config_from_dict(minimal(stratum=stratum))
     assert info.value.key == key
+
+
+def test_proxy_protocol_sources_are_networks_and_a_typo_cannot_widen_them():
+    config = config_from_dict(
+        minimal(stratum={"proxy_protocol_from": ["10.0.0.5", "10.1.0.0/24", "fd00::/8"]})
+    )
+    assert config.stratum.proxy_protocol_from == ("10.0.0.5", "10.1.0.0/24", "fd00::/8")
+    assert [str(n) for n in config.stratum.proxy_networks()] == ["10.0.0.5/32", "10.1.0.0/24", "fd00::/8"]
+    assert config_from_dict(minimal()).stratum.proxy_networks() == ()  # off by default
+    # "10.0.0.5/8" would trust all of 10.0.0.0/8: refused, with the two spellings that are meant.
+    with pytest.raises(ConfigError) as info:
+        config_from_dict(minimal(stratum={"proxy_protocol_from": ["10.0.0.5", "10.0.0.5/8"]}))
+    assert info.value.key == "stratum.proxy_protocol_from[1]"
+    assert "host bits" in str(info.value) and '"10.0.0.0/24"' in str(info.value)

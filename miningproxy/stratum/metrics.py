@@ -26,6 +26,7 @@ LIMITS = (
     "send_timeout",
     "ban",
     "banned",
+    "proxy_header",
 )
 
 WEIGHT_BUCKETS = (1, 2, 4, 8, 12, 16, 20, 24, 28, 32, 36, 40, 44, 48, 56, 64, 80, 96, 128, 256)

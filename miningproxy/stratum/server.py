@@ -13,10 +13,15 @@ Each connection is three tasks in its own nursery, which die with the connection
 New work is fanned out by one task: for each work signal of the pool it walks the sessions and
 queues a job in each (never waiting for any socket: a slow rig only delays its own writer, and
 its queue keeps only the newest unsent job).
+
+A connection from a load balancer named in ``proxy_protocol_from`` first gives up its PROXY
+protocol header (:mod:`~miningproxy.stratum.proxy_protocol`): the rig's address in it is the one
+limited, banned and logged.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import math
 import os
@@ -35,6 +40,13 @@ from miningproxy.stratum.ban import BanList
 from miningproxy.stratum.framing import LineFramer
 from miningproxy.stratum.held import HeldOutputs
 from miningproxy.stratum.metrics import StratumMetrics
+from miningproxy.stratum.proxy_protocol import (
+    MAX_HEADER,
+    ProxyHeader,
+    ProxyHeaderError,
+    header_length,
+    parse_header,
+)
 from miningproxy.stratum.readhub import ReadHub
 from miningproxy.stratum.session import LimitHit, Penalty, Session, ShareRejected, WeightUsed
 from miningproxy.stratum.settings import StratumSettings
@@ -63,6 +75,35 @@ def peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
         return "?", 0
 
 
+def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(ip)
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped  # an IPv4 balancer seen through a dual-stack listener
+    return any(address in network for network in networks)
+
+
+async def read_proxy_header(stream: trio.abc.Stream) -> ProxyHeader:
+    """Take the PROXY header from the start of ``stream`` (under any TLS layer: the balancer sends
+    it before the handshake), and not one byte more: the bytes are peeked first, and only the
+    header's are read."""
+    inner: Any = stream
+    while isinstance(inner, trio.SSLStream):
+        inner = inner.transport_stream
+    sock = inner.socket
+    head = b""
+    while True:
+        peeked = await sock.recv(MAX_HEADER - len(head), socket.MSG_PEEK)
+        if not peeked:
+            raise ProxyHeaderError("the connection closed before its PROXY header ended")
+        length = header_length(head + peeked)
+        head += await sock.recv(len(peeked) if length is None else length - len(head))
+        if length is not None and len(head) == length:
+            return parse_header(head)
+
+
 class StratumServer:
     """``await nursery.start(server.run)`` serves until :meth:`shutdown` (or cancellation)."""
 
@@ -80,6 +121,7 @@ class StratumServer:
         # Told of every job written (each rig, each new block): looked up once, not per job.
         self._job_delivered = pool.job_delivered if self._pool_has("job_delivered") else None
         self.settings = settings.check()
+        self._proxy_networks = self.settings.proxy_networks()
         self.network = network
         self.payout_mode = payout_mode
         self._ssl_context = ssl_context
@@ -215,6 +257,12 @@ class StratumServer:
         now = trio.current_time()
         if self._shutting_down:
             return
+        if self._proxy_networks and _in_networks(ip, self._proxy_networks):
+            client = await self._proxy_client(stream, ip, port)
+            if client is None:
+                return
+            ip, port = client
+            now = trio.current_time()
         refusal = self._refusal(ip, now)
         if refusal is not None:
             limit, detail = refusal
@@ -262,6 +310,24 @@ class StratumServer:
                 sum(session.rejected.values()),
                 session.blocks,
             )
+
+    async def _proxy_client(self, stream: trio.abc.Stream, ip: str, port: int) -> tuple[str, int] | None:
+        """A balancer's connection: the rig's address from its PROXY header (the balancer's own
+        when the header names none: its health check); None, counted and logged, when the header
+        is bad or does not come within subscribe_timeout."""
+        timeout = self.settings.subscribe_timeout
+        with trio.move_on_after(timeout):
+            try:
+                header = await read_proxy_header(stream)
+            except ProxyHeaderError as exc:
+                self._limit_hit("proxy_header", f"{ip}:{port}", str(exc))
+                return None
+            except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
+                log.debug("balancer connection %s:%d lost before its PROXY header: %r", ip, port, exc)
+                return None
+            return header.source or (ip, port)
+        self._limit_hit("proxy_header", f"{ip}:{port}", f"no PROXY header within {timeout:g}s")
+        return None
 
     def _refusal(self, ip: str, now: float) -> tuple[str, str] | None:
         if self.bans.banned(ip, now):

@@ -7,6 +7,7 @@ The lead's ``config.py`` reads the ``[stratum]`` TOML table (and its ``[stratum.
 
 from __future__ import annotations
 
+import ipaddress
 import math
 from dataclasses import dataclass, field
 
@@ -102,6 +103,9 @@ class StratumSettings:
     shutdown_grace: float = 1.0  # seconds to process submits already on the wire at shutdown
     get_version: bool = True  # ask each rig its version (client.get_version) after the first job
     per_worker_metrics: bool = False  # hashrate gauges per address and worker (label cardinality!)
+    # Load balancers (addresses or networks) whose connections start with a PROXY protocol header
+    # naming the rig's own address (see proxy_protocol.py); empty: no header is read from anyone.
+    proxy_protocol_from: tuple[str, ...] = ()
     vardiff: VardiffSettings = field(default_factory=VardiffSettings)
     ban: BanSettings = field(default_factory=BanSettings)
 
@@ -124,9 +128,36 @@ class StratumSettings:
         _positive("stratum.send_timeout", self.send_timeout, hi=3600)
         _count("stratum.max_outbox", self.max_outbox, 4096, 1 << 30)
         _non_negative("stratum.shutdown_grace", self.shutdown_grace)
+        self.proxy_networks()
         self.vardiff.check()
         self.ban.check()
         return self
+
+    def proxy_networks(self) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+        """``proxy_protocol_from`` as networks; SettingsError names a bad entry and the fix."""
+        key = "stratum.proxy_protocol_from"
+        if not isinstance(self.proxy_protocol_from, tuple):
+            raise SettingsError(
+                key,
+                f'expected a tuple of addresses or networks such as ("10.0.0.5", "10.1.0.0/24"), got {self.proxy_protocol_from!r}',
+            )
+        networks = []
+        for i, entry in enumerate(self.proxy_protocol_from):
+            if not isinstance(entry, str):
+                raise SettingsError(
+                    f"{key}[{i}]", f"expected an address or a network as a string, got {entry!r}"
+                )
+            try:
+                # strict: "10.0.0.5/8" is refused, not read as all of 10.0.0.0/8 (a trust list
+                # must not grow by a typo)
+                networks.append(ipaddress.ip_network(entry.strip(), strict=True))
+            except ValueError as exc:
+                raise SettingsError(
+                    f"{key}[{i}]",
+                    f"{entry!r} is not an address or a network ({exc}); write a balancer's address "
+                    '("10.0.0.5") or its network with the host bits zero ("10.0.0.0/24")',
+                ) from None
+        return tuple(networks)
 
 
 def _finite(value: object) -> bool:
