@@ -14,8 +14,8 @@ import trio
 
 from miningproxy.stratum.settings import BanSettings
 from tests.test_stratum_proxy_protocol import v1, v2
-from tests.test_stratum_server import Client, self_signed, start, wait_for
-from tests.test_stratum_support import miss, solve
+from tests.test_stratum_server import Client, flood_invalid_shares, self_signed, start, wait_for
+from tests.test_stratum_support import solve
 
 BALANCER = ("127.0.0.0/8",)
 
@@ -71,15 +71,7 @@ async def test_limits_and_bans_count_the_rigs_address_not_the_balancers():
         assert await over.closed()
         assert limit_hits(h, "max_per_ip") == 1.0
         flooder = await behind_balancer(h.port, ("198.51.100.2", 2000), version=2)
-        job = await flooder.subscribe()
-        bad = miss(bytes.fromhex(job["data"]), 4.0)
-        line = json.dumps(
-            {"id": 1, "method": "submit", "params": {"job_id": job["job_id"], "nonce": f"{bad:032x}"}}
-        )
-        try:
-            await flooder.send((line + "\n").encode() * 50)
-        except trio.BrokenResourceError:
-            pass
+        await flood_invalid_shares(flooder, await flooder.subscribe())
         assert await flooder.closed()
         assert limit_hits(h, "ban") == 1.0
         # The flooder's address is banned; the balancer, and every other rig behind it, is not.

@@ -498,6 +498,19 @@ async def test_a_connection_that_never_subscribes_is_closed():
         nursery.cancel_scope.cancel()
 
 
+async def flood_invalid_shares(rig: Client, job: dict[str, Any], count: int = 50) -> None:
+    """Send ``count`` shares of ``job`` that miss its weight, in one write (the server may close
+    the connection before it has them all)."""
+    bad = miss(bytes.fromhex(job["data"]), 4.0)
+    line = json.dumps(
+        {"id": 1, "method": "submit", "params": {"job_id": job["job_id"], "nonce": f"{bad:032x}"}}
+    )
+    try:
+        await rig.send((line + "\n").encode() * count)
+    except trio.BrokenResourceError:
+        pass
+
+
 async def test_a_flood_of_invalid_shares_bans_the_ip_and_only_that_ip():
     ban = BanSettings(threshold=20, invalid_share=1, loopback=True, duration=60)
     async with trio.open_nursery() as nursery:
@@ -505,16 +518,7 @@ async def test_a_flood_of_invalid_shares_bans_the_ip_and_only_that_ip():
         good = await Client.connect(h.port, local_address="127.0.0.2")
         good_job = await good.subscribe()
         flooder = await Client.connect(h.port)
-        job = await flooder.subscribe()
-        header = bytes.fromhex(job["data"])
-        bad = miss(header, 4.0)
-        line = json.dumps(
-            {"id": 1, "method": "submit", "params": {"job_id": job["job_id"], "nonce": f"{bad:032x}"}}
-        )
-        try:
-            await flooder.send((line + "\n").encode() * 50)
-        except trio.BrokenResourceError:
-            pass
+        await flood_invalid_shares(flooder, await flooder.subscribe())
         assert await flooder.closed()
         assert h.metric("miningproxy_stratum_limit_hits_total", limit="ban") == 1.0
         again = await Client.connect(h.port)

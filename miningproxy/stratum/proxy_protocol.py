@@ -32,7 +32,10 @@ V2_MAX = 4096
 MAX_HEADER = max(V1_MAX, V2_MAX)
 
 _V2_LOCAL, _V2_PROXY = 0x20, 0x21
-_V2_TCP4, _V2_TCP6 = 0x11, 0x21
+_V2_ADDRESSES: dict[int, tuple[str, int, type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]]] = {
+    0x11: ("IPv4", 4, ipaddress.IPv4Address),  # TCP over IPv4
+    0x21: ("IPv6", 16, ipaddress.IPv6Address),  # TCP over IPv6
+}
 _V2_UNSPEC, _V2_UNIX = 0x00, 0x31  # no IP client: the connection's own address stands
 
 
@@ -124,23 +127,20 @@ def _parse_v2(data: bytes) -> ProxyHeader:
     if command != _V2_PROXY:
         raise ProxyHeaderError(f"PROXY v2: unknown command {command & 0x0F}")
     body = data[V2_FIXED:]
-    if family == _V2_TCP4:
-        if len(body) < 12:
-            raise ProxyHeaderError(f"PROXY v2: {len(body)} bytes of addresses for TCP over IPv4 (12 needed)")
+    address = _V2_ADDRESSES.get(family)
+    if address is not None:  # source, destination, source port, destination port
+        name, size, kind = address
+        need = 2 * size + 4
+        if len(body) < need:
+            raise ProxyHeaderError(
+                f"PROXY v2: {len(body)} bytes of addresses for TCP over {name} ({need} needed)"
+            )
+        ports = body[2 * size : need]
         return ProxyHeader(
             2,
             len(data),
-            (str(ipaddress.IPv4Address(body[0:4])), int.from_bytes(body[8:10], "big")),
-            (str(ipaddress.IPv4Address(body[4:8])), int.from_bytes(body[10:12], "big")),
-        )
-    if family == _V2_TCP6:
-        if len(body) < 36:
-            raise ProxyHeaderError(f"PROXY v2: {len(body)} bytes of addresses for TCP over IPv6 (36 needed)")
-        return ProxyHeader(
-            2,
-            len(data),
-            (str(ipaddress.IPv6Address(body[0:16])), int.from_bytes(body[32:34], "big")),
-            (str(ipaddress.IPv6Address(body[16:32])), int.from_bytes(body[34:36], "big")),
+            (str(kind(body[:size])), int.from_bytes(ports[:2], "big")),
+            (str(kind(body[size : 2 * size])), int.from_bytes(ports[2:], "big")),
         )
     if family in (_V2_UNSPEC, _V2_UNIX):
         return ProxyHeader(2, len(data), None, None)
