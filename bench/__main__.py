@@ -4,7 +4,8 @@ Every figure is measured against a baseline run in the same process tree, on the
 interleaved with it where the figure allows. Results are merged into ``docs/bench/results.json``
 (so ``--only`` refreshes some figures and keeps the others) and the document and its plots
 (``docs/bench/*.png``, when matplotlib is installed: ``pip install -e '.[bench]'``) are written
-from that file.
+from that file. Each full run of a figure also adds a line to ``docs/bench/history.jsonl``, and the
+document shows the goals over the last runs (bench/history.py).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench import report
+from bench import history, report
 from bench.common import ROOT, machine, raise_nofile
 
 
@@ -84,6 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     stored: dict[str, Any] = {}
     if results_path.exists() and not args.no_doc:
         stored = json.loads(results_path.read_text())
+    history_path = args.out / "bench" / "history.jsonl"
+    run_id = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    code = history.commit(ROOT)
     started = time.monotonic()
     for name in names:
         print(f"bench: {name}{' (quick)' if args.quick else ''} ...", file=sys.stderr, flush=True)
@@ -98,6 +102,10 @@ def main(argv: list[str] | None = None) -> int:
             "when": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
             "seconds": time.monotonic() - begin,
         }
+        if not args.quick and not args.no_doc:  # quick runs use other sizes: not comparable
+            history.append(
+                history_path, history.entry(name, result, run=run_id, when=stored[name]["when"], code=code)
+            )
         print(
             f"bench: {name} done in {stored[name]['seconds']:.0f}s: "
             + "; ".join(report.headline(name, result)),
@@ -111,7 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     results_path.parent.mkdir(parents=True, exist_ok=True)
     results_path.write_text(json.dumps(stored, indent=1, default=str) + "\n")
     plots = report.plots(stored, args.out / "bench")
-    (args.out / "BENCHMARKS.md").write_text(report.render(stored, plots))
+    recent = history.section(history.load(history_path))
+    (args.out / "BENCHMARKS.md").write_text(report.render(stored, plots, recent))
     print(f"bench: wrote {args.out / 'BENCHMARKS.md'} and {results_path}", file=sys.stderr)
     return 0
 

@@ -184,7 +184,7 @@ def _machine_line(m: dict[str, Any]) -> str:
     )
 
 
-def _table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> list[str]:
+def table(header: tuple[str, ...], body: list[tuple[str, ...]]) -> list[str]:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(row) + " |" for row in body]
     return lines
@@ -215,7 +215,7 @@ def _section_share_path(r: dict[str, Any]) -> list[str]:
                     ", ".join(f"{x:,}" for x in v["runs"]),
                 )
             )
-    lines += _table(
+    lines += table(
         (
             "connections",
             "server",
@@ -268,7 +268,7 @@ def _section_fanout(r: dict[str, Any]) -> list[str]:
                     _ms(v["p99_read"]) if "p99_read" in v else "-",
                 )
             )
-    lines += _table(
+    lines += table(
         ("rigs", "server", "p50", "p99", "last rig", "p99 per round (ms)", "p99 as the simulator read it"),
         body,
     )
@@ -311,7 +311,7 @@ def _section_connections(r: dict[str, Any]) -> list[str]:
                     f"{v['connect_seconds']:.1f} s",
                 )
             )
-    lines += _table(("rigs", "server", "RSS before", "RSS after", "per rig", "connect + subscribe"), body)
+    lines += table(("rigs", "server", "RSS before", "RSS after", "per rig", "connect + subscribe"), body)
     return lines
 
 
@@ -348,7 +348,7 @@ def _section_event_replay(r: dict[str, Any]) -> list[str]:
             "",
         )
     )
-    lines += _table(("what", "events/s", "ratio to read + JSON (runs)", "consumer busy"), body)
+    lines += table(("what", "events/s", "ratio to read + JSON (runs)", "consumer busy"), body)
     return lines
 
 
@@ -407,7 +407,7 @@ def _section_submit(r: dict[str, Any]) -> list[str]:
             v = m[kind]
             over = v.get("over_goal", sum(x > GOAL_P99 for x in v.get("sorted", [])))
             body.append((label, kind, _ms(v["p50"]), _ms(v["p90"]), _ms(v["p99"]), _ms(v["max"]), f"{over}"))
-    lines += _table(("measure", "server", "p50", "p90", "p99", "max", "> 2 ms"), body)
+    lines += table(("measure", "server", "p50", "p90", "p99", "max", "> 2 ms"), body)
     return lines
 
 
@@ -417,7 +417,7 @@ def _section_hashing(r: dict[str, Any]) -> list[str]:
         f"{r['workers']} worker processes for {r['seconds']:g} s, sha256 implementation `{r['sha256_impl']}`; "
         f"the baseline runs in slices interleaved with the workers' (they are paused meanwhile).",
         "",
-        *_table(
+        *table(
             ("what", "wall clock", "per CPU second"),
             [
                 (
@@ -448,7 +448,8 @@ SECTIONS = {
 NOTES_FILE = Path(__file__).with_name("NOTES.md")
 
 
-def render(stored: dict[str, Any], plots: dict[str, str]) -> str:
+def render(stored: dict[str, Any], plots: dict[str, str], history: list[str] | None = None) -> str:
+    """The document; ``history``: the goals over the recent runs (bench/history.py), under the summary."""
     stored = json.loads(json.dumps(stored, default=str))
     lines = [
         "# Benchmarks",
@@ -469,7 +470,9 @@ def render(stored: dict[str, Any], plots: dict[str, str]) -> str:
     for name in FIGURE_TITLES:
         if name in stored:
             summary += [row[:1] + row[1:] for row in rows(name, stored[name]["result"])]
-    lines += _table(("figure", "case", "value", "baseline", "ratio", "goal", "verdict"), summary)
+    lines += table(("figure", "case", "value", "baseline", "ratio", "goal", "verdict"), summary)
+    if history:
+        lines += ["", *history]
     for name, title in FIGURE_TITLES.items():
         if name not in stored:
             continue
