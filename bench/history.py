@@ -48,7 +48,7 @@ def entry(name: str, result: dict[str, Any], *, run: str, when: str, code: str) 
             "baseline": baseline.split(" (", 1)[0],
             "met": verdict == "met",
         }
-        for _, case, value, baseline, _, goal, verdict in report.rows(name, json.loads(json.dumps(result)))
+        for _, case, value, baseline, _, _, verdict in report.rows(name, json.loads(json.dumps(result)))
         if verdict != "-"
     ]
     return {"figure": name, "run": run, "when": when, "commit": code, "cases": cases}

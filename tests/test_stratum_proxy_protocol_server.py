@@ -6,12 +6,14 @@ would, and writes the header the way HAProxy does before the rig's own bytes.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import ssl
 
 import pytest
 import trio
 
+from miningproxy.stratum.server import _in_networks
 from miningproxy.stratum.settings import BanSettings
 from tests.test_stratum_proxy_protocol import v1, v2
 from tests.test_stratum_server import Client, flood_invalid_shares, self_signed, start, wait_for
@@ -138,3 +140,12 @@ async def test_the_header_comes_before_the_tls_handshake(tmp_path):
         await rig.subscribe()
         await wait_for(lambda: peers(h) == ["192.0.2.44:40000"])
         nursery.cancel_scope.cancel()
+
+
+def test_a_balancer_is_recognised_through_a_dual_stack_listener():
+    networks = (ipaddress.ip_network("10.0.0.0/24"), ipaddress.ip_network("fd00::/8"))
+    assert _in_networks("10.0.0.5", networks)
+    assert _in_networks("::ffff:10.0.0.5", networks)  # an IPv4 balancer on a listener bound to "::"
+    assert _in_networks("fd00::1", networks)
+    assert not _in_networks("10.0.1.5", networks)
+    assert not _in_networks("?", networks)  # peer_of's answer when the socket is already gone

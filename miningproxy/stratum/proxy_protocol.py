@@ -98,17 +98,17 @@ def _parse_v1(data: bytes) -> ProxyHeader:
         raise ProxyHeaderError(
             f"PROXY v1 line {line!r}: expected 'PROXY TCP4|TCP6 SRC DST SPORT DPORT' or 'PROXY UNKNOWN'"
         )
-    version = 4 if parts[1] == "TCP4" else 6
-    source = (_v1_address(version, parts[2]), _v1_port(parts[4]))
-    destination = (_v1_address(version, parts[3]), _v1_port(parts[5]))
+    ip_version = 4 if parts[1] == "TCP4" else 6
+    source = (_v1_address(ip_version, parts[2]), _v1_port(parts[4]))
+    destination = (_v1_address(ip_version, parts[3]), _v1_port(parts[5]))
     return ProxyHeader(1, len(data), source, destination)
 
 
-def _v1_address(version: int, text: str) -> str:
+def _v1_address(ip_version: int, text: str) -> str:
     try:
-        return str(ipaddress.IPv4Address(text) if version == 4 else ipaddress.IPv6Address(text))
+        return str(ipaddress.IPv4Address(text) if ip_version == 4 else ipaddress.IPv6Address(text))
     except ValueError:
-        raise ProxyHeaderError(f"PROXY v1: {text!r} is not an IPv{version} address") from None
+        raise ProxyHeaderError(f"PROXY v1: {text!r} is not an IPv{ip_version} address") from None
 
 
 def _v1_port(text: str) -> int:
