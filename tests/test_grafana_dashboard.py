@@ -142,6 +142,7 @@ def test_alert_rules_are_a_prometheus_rule_file():
     assert "miningproxy_template_age_seconds >" in by_metric  # template stale
     assert 'miningproxy_shares_total{result="rejected"}' in by_metric  # reject ratio
     assert 'miningproxy_blocks_total{result="accepted"}' in by_metric  # no blocks for too long
+    assert 'limit_hits_total{limit="proxy_header"}' in by_metric  # a balancer without its header
 
 
 @pytest.fixture
