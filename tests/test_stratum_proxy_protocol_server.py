@@ -101,6 +101,11 @@ async def test_a_balancer_connection_without_a_good_header_is_closed_and_counted
         assert await half.closed()
         assert 0.25 <= trio.current_time() - started < 3.0
         assert limit_hits(h, "proxy_header") == 2.0
+        # A TCP check (connect, close, not a byte sent) is no fault: not counted.
+        probe = await trio.open_tcp_stream("127.0.0.1", h.port)
+        await probe.aclose()
+        await trio.sleep(0.1)
+        assert limit_hits(h, "proxy_header") == 2.0
         # LOCAL: the balancer's own check; it stands as itself and is served like any rig.
         check = await Client.connect(h.port)
         await check.send(v2(None, None, command=0x20))

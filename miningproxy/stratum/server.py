@@ -85,10 +85,10 @@ def _in_networks(ip: str, networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6
     return any(address in network for network in networks)
 
 
-async def read_proxy_header(stream: trio.abc.Stream) -> ProxyHeader:
+async def read_proxy_header(stream: trio.abc.Stream) -> ProxyHeader | None:
     """Take the PROXY header from the start of ``stream`` (under any TLS layer: the balancer sends
     it before the handshake), and not one byte more: the bytes are peeked first, and only the
-    header's are read."""
+    header's are read. None when the peer closed without sending a byte (a TCP health check)."""
     inner: Any = stream
     while isinstance(inner, trio.SSLStream):
         inner = inner.transport_stream
@@ -97,6 +97,8 @@ async def read_proxy_header(stream: trio.abc.Stream) -> ProxyHeader:
     while True:
         peeked = await sock.recv(MAX_HEADER - len(head), socket.MSG_PEEK)
         if not peeked:
+            if not head:
+                return None
             raise ProxyHeaderError("the connection closed before its PROXY header ended")
         length = header_length(head + peeked)
         head += await sock.recv(len(peeked) if length is None else length - len(head))
@@ -324,6 +326,9 @@ class StratumServer:
                 return None
             except (trio.BrokenResourceError, trio.ClosedResourceError, OSError) as exc:
                 log.debug("balancer connection %s:%d lost before its PROXY header: %r", ip, port, exc)
+                return None
+            if header is None:  # connected and closed: a balancer's TCP check, not a fault
+                log.debug("balancer connection %s:%d closed before sending anything", ip, port)
                 return None
             return header.source or (ip, port)
         self._limit_hit("proxy_header", f"{ip}:{port}", f"no PROXY header within {timeout:g}s")
