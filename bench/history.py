@@ -113,4 +113,6 @@ def _cell(name: str, case: dict[str, Any]) -> str:
     value = case["value"] if case["met"] else f"**{case['value']}**"
     if name == "fanout":  # whether 250 ms is met follows the floor: show it
         value += f" (floor {case['baseline'].removeprefix('p99 ')})"
+    elif name == "hashing":  # the goal is the baseline itself
+        value += f" ({case['baseline'].replace('hashlib loop', 'loop')})"
     return value

@@ -69,7 +69,7 @@ def test_the_section_shows_the_last_runs_side_by_side_with_misses_in_bold():
         in text
     )
     # Hashing ran in the first run only: the second run's cell is empty.
-    assert "| Local hashing | 2 workers | 1.000 MH/s per worker |  |" in text
+    assert "| Local hashing | 2 workers | 1.000 MH/s per worker (loop 0.500 MH/s) |  |" in text
     assert history.section(lines, shown=1)[-1].count("|") == 4  # only the newest run
     assert history.section([]) == []
 
