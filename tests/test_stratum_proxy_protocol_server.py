@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import logging
 import ssl
 
 import pytest
@@ -88,7 +89,8 @@ async def test_limits_and_bans_count_the_rigs_address_not_the_balancers():
         nursery.cancel_scope.cancel()
 
 
-async def test_a_balancer_connection_without_a_good_header_is_closed_and_counted():
+async def test_a_balancer_connection_without_a_good_header_is_closed_and_counted(caplog):
+    caplog.set_level(logging.DEBUG, logger="miningproxy.stratum")
     async with trio.open_nursery() as nursery:
         h = await start(nursery, proxy_protocol_from=BALANCER, subscribe_timeout=0.3)
         plain = await Client.connect(h.port)  # a rig reaching the proxy around the balancer
@@ -104,7 +106,7 @@ async def test_a_balancer_connection_without_a_good_header_is_closed_and_counted
         # A TCP check (connect, close, not a byte sent) is no fault: not counted.
         probe = await trio.open_tcp_stream("127.0.0.1", h.port)
         await probe.aclose()
-        await trio.sleep(0.1)
+        await wait_for(lambda: "closed before sending anything" in caplog.text)  # it was handled
         assert limit_hits(h, "proxy_header") == 2.0
         # LOCAL: the balancer's own check; it stands as itself and is served like any rig.
         check = await Client.connect(h.port)

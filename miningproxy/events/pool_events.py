@@ -224,6 +224,16 @@ def open_pool_stream(
     return identity
 
 
+def _remember(table: dict[Any, str], bound: int, key: Any, part: str) -> str:
+    """Keep ``part`` under ``key`` in a table of at most ``bound`` entries (when it is full, its
+    older half goes: dicts keep their insertion order)."""
+    if len(table) >= bound:
+        for stale in list(islice(table, bound // 2)):
+            del table[stale]
+    table[key] = part
+    return part
+
+
 class PoolEvents:
     """The pool event writer. ``feed`` must be the ``pool`` feed of a log opened with open_pool_stream."""
 
@@ -402,13 +412,19 @@ class PoolEvents:
         now = self.clock()
         who = self._miner_parts.get((miner, worker, address))
         if who is None:
-            who = self._miner_part(miner, worker, address)
+            who = _remember(
+                self._miner_parts, MINER_PARTS_CACHE, (miner, worker, address),
+                share_miner_part(miner, worker, address) or "",
+            )  # fmt: skip
         weight = self._weight_parts.get(share_weight)
         if weight is None:
-            weight = self._weight_part(share_weight)
+            weight = _remember(
+                self._weight_parts, VALUE_PARTS_CACHE, share_weight,
+                share_weight_part(share_weight, str(weight_to_work(share_weight))) or "",
+            )  # fmt: skip
         tail = self._height_parts.get(height)
         if tail is None:
-            tail = self._height_part(height)
+            tail = _remember(self._height_parts, VALUE_PARTS_CACHE, height, share_height_part(height) or "")
         if (
             who
             and weight
@@ -434,27 +450,6 @@ class PoolEvents:
         pending.append(_stored((event_id, now, text)))  # StoredEvent(...), without NamedTuple's __new__
         self._next_id += 1
         return event_id
-
-    def _miner_part(self, miner: str, worker: str, address: str) -> str:
-        parts = self._miner_parts
-        if len(parts) >= MINER_PARTS_CACHE:  # the oldest half go (dicts keep order)
-            for stale in list(islice(parts, MINER_PARTS_CACHE // 2)):
-                del parts[stale]
-        part = parts[miner, worker, address] = share_miner_part(miner, worker, address) or ""
-        return part
-
-    def _weight_part(self, share_weight: float) -> str:
-        if len(self._weight_parts) >= VALUE_PARTS_CACHE:
-            self._weight_parts.clear()
-        part = share_weight_part(share_weight, str(weight_to_work(share_weight))) or ""
-        self._weight_parts[share_weight] = part
-        return part
-
-    def _height_part(self, height: int) -> str:
-        if len(self._height_parts) >= VALUE_PARTS_CACHE:
-            self._height_parts.clear()
-        part = self._height_parts[height] = share_height_part(height) or ""
-        return part
 
     def journal_block(
         self,

@@ -64,10 +64,15 @@ def ssl_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
+def _transport(stream: trio.abc.Stream) -> Any:
+    """The stream under any TLS layers (a SocketStream on a listener's connections)."""
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
+    return stream
+
+
 def peer_of(stream: trio.abc.Stream) -> tuple[str, int]:
-    inner: Any = stream
-    while isinstance(inner, trio.SSLStream):
-        inner = inner.transport_stream
+    inner = _transport(stream)
     try:
         address = inner.socket.getpeername()
         return str(address[0]), int(address[1])
@@ -89,10 +94,7 @@ async def read_proxy_header(stream: trio.abc.Stream) -> ProxyHeader | None:
     """Take the PROXY header from the start of ``stream`` (under any TLS layer: the balancer sends
     it before the handshake), and not one byte more: the bytes are peeked first, and only the
     header's are read. None when the peer closed without sending a byte (a TCP health check)."""
-    inner: Any = stream
-    while isinstance(inner, trio.SSLStream):
-        inner = inner.transport_stream
-    sock = inner.socket
+    sock = _transport(stream).socket
     head = b""
     while True:
         peeked = await sock.recv(MAX_HEADER - len(head), socket.MSG_PEEK)
