@@ -1,17 +1,26 @@
 """The share-path rig simulator against any Hathor Stratum server: ``python -m bench.against``.
 
-``python -m bench.against --port P [--host H] [--rigs N] [--window W] [--seconds S] [--pid PID]``
+``python -m bench.against --port P [--host H] [--rigs N] [--window W] [--seconds S] [--pid PID]
+[--address A] [--authorize auto|yes|no]``
 
 Connects ``N`` simulated rigs (``bench/rigsim.py``, the same simulator figure 1 uses), each
-subscribing and authorizing as ``ADDRESS.rigI`` (``--address``, default the privatenet genesis
-wallet), mines valid shares for the jobs the server hands out and keeps ``W`` in flight per rig,
+subscribing with ``{"address": A}`` (``--address``, default the privatenet genesis wallet: give
+an address of the server's network) and, where the server has the method, authorizing as
+``A.rigI``; mines valid shares for the jobs the server hands out and keeps ``W`` in flight per rig,
 then prints one JSON line: replies counted over ``S`` seconds after a warm-up, shares/s, and with
 ``--pid`` (the server's process id, same machine) the server's CPU seconds and shares per CPU
 second, the figure's "on one core" number. Give the server a low share difficulty (weight ~0.1,
 difficulty ~1e-5): the simulator finds each share by hashing, like a rig.
 
-Every reply counts as answered; ``errors`` says how many were refusals and ``first_error`` shows
-the first, so a server that rejects the simulator's shares is visible at once.
+``--authorize auto`` (the default) first asks the server on one connection: the proxy and
+cgminer-style pools answer ``authorize``; the node's own Stratum has no such method and closes
+the connection on it (JSON-RPC codes <= -32600 are fatal there), so its rigs only subscribe.
+
+Every reply counts as answered; ``errors`` says how many were refusals, ``error_codes`` counts
+them by code (31 "stale job": the node takes one share per job, so give it ``--window 1``) and
+``first_error`` shows the first. A rig that fails to get a job, or that the server closes during
+the run, fails the whole command (exit status 1) with the server's last line: a comparison never
+rests on fewer rigs than asked.
 """
 
 from __future__ import annotations
@@ -19,11 +28,56 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+from bench.common import PRIVATENET_ADDRESS
+
 ROOT = Path(__file__).resolve().parent.parent
+
+PROBE_TIMEOUT = 10.0
+
+
+def probe_authorize(
+    host: str, port: int, address: str, timeout: float = PROBE_TIMEOUT
+) -> tuple[bool, list[str]]:
+    """Whether the server takes ``authorize``, asked on one connection: subscribe, then authorize,
+    and read until the authorize's reply (id 2) or the server closes. Returns the answer and the
+    lines the server sent (for the error message when the server refuses the subscribe itself)."""
+    lines: list[str] = []
+    with socket.create_connection((host, port), timeout=timeout) as sock:
+        hello = (
+            f'{{"id":1,"method":"subscribe","params":{{"address":"{address}"}}}}\n'
+            f'{{"id":2,"method":"authorize","params":["{address}.probe","x"]}}\n'
+        )
+        sock.sendall(hello.encode())
+        buffer = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                break
+            if not data:
+                return False, lines  # closed on authorize (or on the subscribe: the run says which)
+            buffer += data
+            while b"\n" in buffer:
+                raw, _, buffer = buffer.partition(b"\n")
+                lines.append(raw.decode(errors="replace"))
+                try:
+                    message = json.loads(raw)
+                except ValueError:
+                    continue
+                if isinstance(message, dict) and message.get("id") == 2 and "method" not in message:
+                    error = message.get("error")
+                    if error is None:
+                        return True, lines
+                    code = error.get("code") if isinstance(error, dict) else None
+                    return code != -32601, lines  # -32601: method not found
+    raise RuntimeError(f"no answer to authorize within {timeout:g}s; the server sent {lines[:4]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -35,25 +89,46 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=0.5)
     parser.add_argument("--pid", type=int, help="the server's pid, for its CPU time (same machine)")
-    parser.add_argument("--address", help="payout address the rigs authorize with (ADDRESS.rigN)")
+    parser.add_argument(
+        "--address",
+        default=PRIVATENET_ADDRESS,
+        help="payout address of the server's network the rigs subscribe with (and authorize as ADDRESS.rigN)",
+    )
+    parser.add_argument(
+        "--authorize",
+        choices=("auto", "yes", "no"),
+        default="auto",
+        help="send authorize after subscribe (auto: ask the server first)",
+    )
     args = parser.parse_args(argv)
     if args.pid is not None and not Path(f"/proc/{args.pid}/stat").exists():
         parser.error(f"--pid {args.pid}: no such process on this machine")
+    if args.authorize == "auto":
+        try:
+            authorize, _ = probe_authorize(args.host, args.port, args.address)
+        except (OSError, RuntimeError) as exc:
+            print(json.dumps({"error": f"asking the server whether it takes authorize: {exc}"}), flush=True)
+            return 1
+    else:
+        authorize = args.authorize == "yes"
     command = [
         sys.executable,
         "-m",
         "bench.rigsim",
         *("--host", args.host, "--port", str(args.port)),
         *("--count", str(args.rigs), "--window", str(args.window)),
+        *("--address", args.address),
     ]
-    if args.address:
-        command += ["--address", args.address]
+    if not authorize:
+        command.append("--no-authorize")
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     with subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env) as sim:
         assert sim.stdin is not None and sim.stdout is not None
         ready = json.loads(sim.stdout.readline() or "{}")
-        if ready.get("ready") != args.rigs:
-            print(json.dumps({"error": "not every rig got a job", **ready}), flush=True)
+        if ready.get("ready") != args.rigs or ready.get("failed"):
+            print(
+                json.dumps({"error": "not every rig got a job", "authorize": authorize, **ready}), flush=True
+            )
             sim.stdin.close()
             return 1
         shares = {"cmd": "shares", "seconds": args.seconds, "warmup": args.warmup, "pid": args.pid}
@@ -64,6 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     out = {
         "rigs": args.rigs,
         "window": args.window,
+        "authorize": authorize,
         "seconds": answer["seconds"],
         "answered": answer["ok"] + answer["errors"],
         "errors": answer["errors"],
@@ -72,8 +148,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.pid is not None:
         out["server_cpu_s"] = answer["server_cpu"]
         out["shares_per_cpu_s"] = answer["cpu_rate"]
-    if answer["first_error"]:
+    if answer["errors"]:
+        out["error_codes"] = answer["error_codes"]
         out["first_error"] = answer["first_error"]
+    if answer["rigs"] != args.rigs:
+        out["error"] = f"{args.rigs - answer['rigs']} of {args.rigs} rigs were closed during the run"
+        out["failures"] = answer["failures"]
+        print(json.dumps(out), flush=True)
+        return 1
     print(json.dumps(out), flush=True)
     return 0
 

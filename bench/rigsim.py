@@ -1,14 +1,16 @@
 """Rig simulator: many raw TCP Stratum rigs in one process, on a bare epoll loop.
 
-``python -m bench.rigsim --port P --count N [--mode stratum|echo|bare] [--window W]``
+``python -m bench.rigsim --port P --count N [--mode stratum|echo|bare] [--window W] [--no-authorize]``
 
 It connects ``N`` rigs (a bounded number of connects at a time, so the listen backlog never
-overflows), subscribes and authorizes each (``ADDRESS.rigI``), and prints ``{"ready": N}`` once
-every rig holds a job. Then it obeys JSON commands on stdin, one answer line each:
+overflows), subscribes and authorizes each (``ADDRESS.rigI``; ``--no-authorize``: subscribe only),
+and prints ``{"ready": R, "failed": F, ...}`` once every rig holds a job or has failed; ``ready``
+counts the rigs still connected. Then it obeys JSON commands on stdin, one answer line each:
 
 ``{"cmd": "shares", "seconds": S, "warmup": W}``
     every rig keeps ``window`` valid shares in flight (a reply frees a slot, which is refilled at
-    once); answers the replies counted in the S seconds after a warm-up of W seconds.
+    once); answers the replies counted in the S seconds after a warm-up of W seconds, the
+    refusals by error code, the rigs still connected and why any others were closed.
 ``{"cmd": "arm"}``
     answers ``{"armed": true}`` at once; then, when every rig has received its next clean job
     (a line holding ``"clean":true``), answers ``{"arrivals": [monotonic seconds, ...], "kernel":
@@ -125,12 +127,30 @@ class Rig:
         return nonce, line
 
 
+def _error_code(line: bytes) -> str:
+    """A refusal's error code, as text ("?" when the line does not say one)."""
+    try:
+        error = json.loads(line).get("error")
+    except (ValueError, AttributeError):
+        return "?"
+    code = error.get("code") if isinstance(error, dict) else None
+    return str(code) if isinstance(code, int) else "?"
+
+
 class Simulator:
     def __init__(
-        self, host: str, port: int, count: int, mode: str, window: int, address: str = PRIVATENET_ADDRESS
+        self,
+        host: str,
+        port: int,
+        count: int,
+        mode: str,
+        window: int,
+        address: str = PRIVATENET_ADDRESS,
+        authorize: bool = True,
     ) -> None:
         self.host, self.port, self.count, self.mode, self.window = host, port, count, mode, window
         self.address = address
+        self.authorize = authorize
         self.epoll = select.epoll()
         self.rigs: dict[int, Rig] = {}
         self.started = 0
@@ -142,6 +162,7 @@ class Simulator:
         self.ok = 0
         self.errors = 0
         self.first_error = b""
+        self.error_codes: dict[str, int] = {}  # refusals counted by their error code
         self.armed = False
         self.arrived = 0
         self.deferred: list[tuple[Rig, bytes]] = []
@@ -196,14 +217,13 @@ class Simulator:
         rig.connected = True
         self.epoll.modify(rig.fd, select.EPOLLIN)
         # Subscribe with the address as the node's own Stratum expects it, then authorize with
-        # ADDRESS.worker as cgminer-style pools expect it (a server without authorize answers
-        # -32601 to it, which is not fatal).
+        # ADDRESS.worker as cgminer-style pools expect it. Not to a server without authorize: the
+        # node answers it -32601 and closes the connection, as it does every code <= -32600.
         address = self.address.encode()
-        self.send(
-            rig,
-            b'{"id":1,"method":"subscribe","params":{"address":"%s"}}\n'
-            b'{"id":2,"method":"authorize","params":["%s.rig%d","x"]}\n' % (address, address, rig.index),
-        )
+        hello = b'{"id":1,"method":"subscribe","params":{"address":"%s"}}\n' % address
+        if self.authorize:
+            hello += b'{"id":2,"method":"authorize","params":["%s.rig%d","x"]}\n' % (address, rig.index)
+        self.send(rig, hello)
         if self.mode == "relay":  # a relay answers nothing: mine the fixed job at once
             rig.set_job(FAKE_HEADER, FAKE_WEIGHT, "00" * 16)
             self.became_ready(rig)
@@ -213,7 +233,9 @@ class Simulator:
         self.epoll.unregister(rig.fd)
         del self.rigs[rig.fd]
         rig.sock.close()
-        if not rig.ready:
+        if rig.ready:
+            self.ready -= 1  # (counted once, as failed: ``ready`` is the rigs still mining)
+        else:
             self.pending -= 1
 
     def became_ready(self, rig: Rig) -> None:
@@ -270,6 +292,8 @@ class Simulator:
             else:
                 self.errors += 1
                 self.first_error = self.first_error or line
+                code = _error_code(line)
+                self.error_codes[code] = self.error_codes.get(code, 0) + 1
 
     def on_readable(self, rig: Rig) -> None:
         stamp = None
@@ -366,6 +390,7 @@ class Simulator:
 
     def shares(self, seconds: float, warmup: float, pid: int | None = None) -> None:
         self.sharing, self.ok, self.errors, self.first_error = True, 0, 0, b""
+        self.error_codes = {}
         for rig in self.rigs.values():
             if rig.ready:
                 data = b"".join(rig.share()[1] for _ in range(self.window - rig.inflight))
@@ -396,6 +421,8 @@ class Simulator:
             cpu_rate=ok / cpu if cpu > 0 else None,
             rigs=len(self.rigs),
             first_error=self.first_error[:300].decode(errors="replace"),
+            error_codes=self.error_codes,
+            failures=sorted(set(self.failed))[:5],  # why rigs were closed since they connected
         )
 
     def arm(self, timeout: float) -> None:
@@ -506,9 +533,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--address", default=PRIVATENET_ADDRESS, help="payout address (rigs are ADDRESS.rigN)"
     )
+    parser.add_argument(
+        "--no-authorize",
+        dest="authorize",
+        action="store_false",
+        help="subscribe only (the node's own Stratum closes a connection that sends authorize)",
+    )
     args = parser.parse_args(argv)
     raise_nofile(args.count + 64)
-    sim = Simulator(args.host, args.port, args.count, args.mode, args.window, args.address)
+    sim = Simulator(args.host, args.port, args.count, args.mode, args.window, args.address, args.authorize)
     sim.connect_all(args.connect_timeout)
     sim.serve()
     return 0

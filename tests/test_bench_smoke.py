@@ -22,6 +22,7 @@ from bench import (
     submit_latency,
 )
 from bench.common import Child, percentile
+from tests.node_stratum_support import NodeStratum
 
 
 def test_percentile_is_nearest_rank() -> None:
@@ -197,6 +198,57 @@ def test_against_drives_a_running_stratum_server_and_reports_its_cpu(capsys) -> 
     out = json.loads(capsys.readouterr().out)
     assert out["rigs"] == 3 and out["errors"] == 0 and out["answered"] > 0
     assert out["shares_per_s"] > 0 and out["server_cpu_s"] > 0
+    assert out["authorize"] is True  # the proxy answers authorize: its rigs are ADDRESS.rigN
+
+
+def test_against_only_subscribes_to_a_server_without_authorize(capsys) -> None:
+    # The node's own Stratum closes a connection that sends authorize (-32601 is fatal there):
+    # asked first, the rigs only subscribe, and every one of them mines.
+    with NodeStratum() as node:
+        assert (
+            against.main(["--port", str(node.port), "--rigs", "3", "--window", "1", "--seconds", "0.3"]) == 0
+        )
+    out = json.loads(capsys.readouterr().out)
+    assert out["authorize"] is False
+    assert out["rigs"] == 3 and out["errors"] == 0 and out["answered"] > 0
+    assert node.accepted >= out["answered"]
+
+
+def test_against_fails_loudly_when_the_server_closes_its_rigs(capsys) -> None:
+    # Made to authorize, the one rig gets its job and is then closed: the command fails and
+    # shows why, instead of printing zero shares answered and no error.
+    with NodeStratum() as node:
+        code = against.main(
+            [
+                "--port",
+                str(node.port),
+                "--rigs",
+                "1",
+                "--window",
+                "1",
+                "--seconds",
+                "0.3",
+                "--authorize",
+                "yes",
+            ]
+        )
+    out = json.loads(capsys.readouterr().out)
+    assert code == 1
+    # (closed before the simulator said it was ready, or during the run: the close may come after the job)
+    assert out["error"] in ("not every rig got a job", "1 of 1 rigs were closed during the run")
+    assert "Method not found" in out["failures"][0]
+
+
+def test_against_counts_refusals_by_their_code(capsys) -> None:
+    # Two shares in flight on a server that takes one share per job: the second is stale (31).
+    with NodeStratum() as node:
+        assert (
+            against.main(["--port", str(node.port), "--rigs", "2", "--window", "2", "--seconds", "0.3"]) == 0
+        )
+    out = json.loads(capsys.readouterr().out)
+    assert out["errors"] > 0 and set(out["error_codes"]) == {"31"}
+    assert out["error_codes"]["31"] == out["errors"]
+    assert "Stale job submitted" in out["first_error"]
 
 
 def test_the_rig_simulator_reads_the_nodes_spelling_of_jobs_and_replies(monkeypatch) -> None:
