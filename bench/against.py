@@ -12,15 +12,21 @@ then prints one JSON line: replies counted over ``S`` seconds after a warm-up, s
 second, the figure's "on one core" number. Give the server a low share difficulty (weight ~0.1,
 difficulty ~1e-5): the simulator finds each share by hashing, like a rig.
 
-``--authorize auto`` (the default) first asks the server on one connection: the proxy and
-cgminer-style pools answer ``authorize``; the node's own Stratum has no such method and closes
-the connection on it (JSON-RPC codes <= -32600 are fatal there), so its rigs only subscribe.
+``--authorize auto`` (the default) first asks the server on one connection, and the rigs
+authorize only where it says yes: the proxy and cgminer-style pools answer ``authorize``; the
+node's own Stratum has no such method and closes the connection on it (JSON-RPC codes <= -32600
+are fatal there); tx-mining-service never answers it.
 
 Every reply counts as answered; ``errors`` says how many were refusals, ``error_codes`` counts
-them by code (31 "stale job": the node takes one share per job, so give it ``--window 1``) and
-``first_error`` shows the first. A rig that fails to get a job, or that the server closes during
-the run, fails the whole command (exit status 1) with the server's last line: a comparison never
-rests on fewer rigs than asked.
+them by code and ``first_error`` shows the first. A server that answers 31 "stale job" takes one
+share per job (the node's own Stratum, tx-mining-service): from then on each rig sends one share
+per job and waits for the next (``one_share_per_job``), instead of resubmitting into refusals.
+``job_weights`` gives the lowest and highest share weight the server asked for during the run, and
+``simulator_hashing_s`` how long the simulator spent finding shares: past half the run a
+``warning`` says the rate is the simulator's (a server that raises its share weight, as the node
+does with every share, ends up there). A rig that fails to get a job, or that the server closes
+during the run, fails the whole command (exit status 1) with the server's last line: a
+comparison never rests on fewer rigs than asked.
 """
 
 from __future__ import annotations
@@ -38,15 +44,18 @@ from bench.common import PRIVATENET_ADDRESS
 
 ROOT = Path(__file__).resolve().parent.parent
 
-PROBE_TIMEOUT = 10.0
+PROBE_TIMEOUT = 10.0  # for the server's first job
+HASHING_BOUND = 0.5  # of the run spent hashing, beyond which the rate is the simulator's
+PROBE_QUIET = 2.0  # then, for an answer to authorize
 
 
 def probe_authorize(
-    host: str, port: int, address: str, timeout: float = PROBE_TIMEOUT
+    host: str, port: int, address: str, timeout: float = PROBE_TIMEOUT, quiet: float = PROBE_QUIET
 ) -> tuple[bool, list[str]]:
-    """Whether the server takes ``authorize``, asked on one connection: subscribe, then authorize,
-    and read until the authorize's reply (id 2) or the server closes. Returns the answer and the
-    lines the server sent (for the error message when the server refuses the subscribe itself)."""
+    """Whether to authorize, asked on one connection: subscribe, then authorize, and read until
+    the authorize's reply (id 2), the server's close, or ``quiet`` seconds after its first job.
+    Only a success is a yes: the node closes on authorize (-32601), tx-mining-service never
+    answers it. Returns the answer and the lines the server sent."""
     lines: list[str] = []
     with socket.create_connection((host, port), timeout=timeout) as sock:
         hello = (
@@ -56,7 +65,8 @@ def probe_authorize(
         sock.sendall(hello.encode())
         buffer = b""
         deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
+        while (left := deadline - time.monotonic()) > 0:
+            sock.settimeout(left)
             try:
                 data = sock.recv(65536)
             except TimeoutError:
@@ -71,13 +81,15 @@ def probe_authorize(
                     message = json.loads(raw)
                 except ValueError:
                     continue
-                if isinstance(message, dict) and message.get("id") == 2 and "method" not in message:
-                    error = message.get("error")
-                    if error is None:
-                        return True, lines
-                    code = error.get("code") if isinstance(error, dict) else None
-                    return code != -32601, lines  # -32601: method not found
-    raise RuntimeError(f"no answer to authorize within {timeout:g}s; the server sent {lines[:4]}")
+                if not isinstance(message, dict):
+                    continue
+                if message.get("method") == "job" and deadline - time.monotonic() > quiet:
+                    deadline = time.monotonic() + quiet  # a job came: authorize gets a little longer
+                elif message.get("id") == 2 and "method" not in message:
+                    return message.get("error") is None and message.get("result") in ("ok", True), lines
+        if any('"job"' in line for line in lines):
+            return False, lines  # jobs, and no answer to authorize: the server ignores it
+    raise RuntimeError(f"no job within {timeout:g}s; the server sent {lines[:4]}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -118,6 +130,7 @@ def main(argv: list[str] | None = None) -> int:
         *("--host", args.host, "--port", str(args.port)),
         *("--count", str(args.rigs), "--window", str(args.window)),
         *("--address", args.address),
+        "--stale-waits",
     ]
     if not authorize:
         command.append("--no-authorize")
@@ -151,6 +164,15 @@ def main(argv: list[str] | None = None) -> int:
     if answer["errors"]:
         out["error_codes"] = answer["error_codes"]
         out["first_error"] = answer["first_error"]
+    out["one_share_per_job"] = answer["one_per_job"]
+    out["job_weights"] = answer["weights"]
+    out["simulator_hashing_s"] = answer["hashing"]
+    if answer["hashing"] > HASHING_BOUND * answer["seconds"]:
+        out["warning"] = (
+            f"the simulator spent {answer['hashing']:.1f} of {answer['seconds']:.1f} s finding shares "
+            f"(job weights up to {max(answer['weights'] or [0]):g}): the rate measures the simulator, "
+            "not the server; give the server a lower share weight"
+        )
     if answer["rigs"] != args.rigs:
         out["error"] = f"{args.rigs - answer['rigs']} of {args.rigs} rigs were closed during the run"
         out["failures"] = answer["failures"]

@@ -1,6 +1,7 @@
 """Rig simulator: many raw TCP Stratum rigs in one process, on a bare epoll loop.
 
-``python -m bench.rigsim --port P --count N [--mode stratum|echo|bare] [--window W] [--no-authorize]``
+``python -m bench.rigsim --port P --count N [--mode stratum|echo|bare] [--window W] [--no-authorize]
+[--stale-waits]``
 
 It connects ``N`` rigs (a bounded number of connects at a time, so the listen backlog never
 overflows), subscribes and authorizes each (``ADDRESS.rigI``; ``--no-authorize``: subscribe only),
@@ -10,7 +11,10 @@ counts the rigs still connected. Then it obeys JSON commands on stdin, one answe
 ``{"cmd": "shares", "seconds": S, "warmup": W}``
     every rig keeps ``window`` valid shares in flight (a reply frees a slot, which is refilled at
     once); answers the replies counted in the S seconds after a warm-up of W seconds, the
-    refusals by error code, the rigs still connected and why any others were closed.
+    refusals by error code, the rigs still connected and why any others were closed, the
+    seconds the simulator spent finding shares and the lowest and highest job weight. With
+    ``--stale-waits``, once a share is answered "stale job" (31) every rig sends one share per
+    job and waits for the next: the policy of the node's own Stratum and tx-mining-service.
 ``{"cmd": "arm"}``
     answers ``{"armed": true}`` at once; then, when every rig has received its next clean job
     (a line holding ``"clean":true``), answers ``{"arrivals": [monotonic seconds, ...], "kernel":
@@ -77,7 +81,7 @@ class Rig:
     __slots__ = (
         "index", "sock", "fd", "inbuf", "outbuf", "connected", "ready", "mid", "target", "job_id",
         "nonce", "next_id", "inflight", "arrived", "arrived_k", "last_reply", "written", "tx_base",
-        "tx_stamps",
+        "tx_stamps", "weight", "sent_on_job",
     )  # fmt: skip
 
     def __init__(self, index: int, sock: socket.socket) -> None:
@@ -100,11 +104,15 @@ class Rig:
         self.written = 0  # bytes the kernel took from send()
         self.tx_base: int | None = None  # self.written when transmit stamps were turned on
         self.tx_stamps: dict[int, float] | None = None  # offset of a send's last byte -> its stamp
+        self.weight = 0.0  # the job's share weight
+        self.sent_on_job = 0  # shares sent for the current job
 
     def set_job(self, header: bytes, weight: float, job_id: str) -> None:
         self.mid = _sha256(header)
         self.target = target_to_bytes(weight_to_target(weight))
         self.job_id = job_id.encode()
+        self.weight = weight
+        self.sent_on_job = 0
 
     def share(self) -> tuple[int, bytes]:
         """The next nonce that meets the job's weight, as a submit line."""
@@ -147,10 +155,18 @@ class Simulator:
         window: int,
         address: str = PRIVATENET_ADDRESS,
         authorize: bool = True,
+        stale_waits: bool = False,
     ) -> None:
         self.host, self.port, self.count, self.mode, self.window = host, port, count, mode, window
         self.address = address
         self.authorize = authorize
+        # A server that answers a share 31 "stale job" takes one share per job (the node's own
+        # Stratum, tx-mining-service): with stale_waits every rig then sends one share per job
+        # and waits for the next, instead of resubmitting into refusals.
+        self.stale_waits = stale_waits
+        self.one_per_job = False
+        self.hashing = 0.0  # seconds spent finding shares while counting
+        self.weights: list[float] = []  # [lowest, highest] job weight received while counting
         self.epoll = select.epoll()
         self.rigs: dict[int, Rig] = {}
         self.started = 0
@@ -252,6 +268,8 @@ class Simulator:
             if message.get("method") == "job":
                 params = message["params"]
                 rig.set_job(bytes.fromhex(params["data"]), params["weight"], params["job_id"])
+                if self.counting:
+                    self._saw_weight(params["weight"])
                 if not rig.ready:
                     self.became_ready(rig)
                 return
@@ -286,14 +304,43 @@ class Simulator:
         if rig.inflight <= 0:
             return  # a reply to subscribe or authorize
         rig.inflight -= 1
-        if self.counting:
-            if ok:
+        if ok:
+            if self.counting:
                 self.ok += 1
-            else:
-                self.errors += 1
-                self.first_error = self.first_error or line
-                code = _error_code(line)
-                self.error_codes[code] = self.error_codes.get(code, 0) + 1
+            return
+        code = _error_code(line)
+        if code == "31" and self.stale_waits:
+            self.one_per_job = True
+        if self.counting:
+            self.errors += 1
+            self.first_error = self.first_error or line
+            self.error_codes[code] = self.error_codes.get(code, 0) + 1
+
+    def _saw_weight(self, weight: float) -> None:
+        if not self.weights:
+            self.weights = [weight, weight]
+        elif weight < self.weights[0]:
+            self.weights[0] = weight
+        elif weight > self.weights[1]:
+            self.weights[1] = weight
+
+    def refill(self, rig: Rig) -> None:
+        """Bring the rig's shares in flight back to the window, in one write as a pipelining
+        client does (one share per job where the server takes no more)."""
+        missing = self.window - rig.inflight
+        if self.one_per_job:
+            if rig.sent_on_job:
+                return
+            missing = min(missing, 1)
+        rig.inflight += missing
+        rig.sent_on_job += missing
+        if self.counting:
+            started = time.perf_counter()
+            data = b"".join(rig.share()[1] for _ in range(missing))
+            self.hashing += time.perf_counter() - started
+        else:
+            data = b"".join(rig.share()[1] for _ in range(missing))
+        self.send(rig, data)
 
     def on_readable(self, rig: Rig) -> None:
         stamp = None
@@ -333,10 +380,7 @@ class Simulator:
         for line in lines:
             self.on_line(rig, line, now)
         if self.sharing and rig.inflight < self.window and rig.ready:
-            # Refill the window in one write, as a pipelining client does.
-            missing = self.window - rig.inflight
-            rig.inflight = self.window
-            self.send(rig, b"".join(rig.share()[1] for _ in range(missing)))
+            self.refill(rig)
 
     def poll(self, timeout: float) -> None:
         for fd, mask in self.epoll.poll(timeout):
@@ -390,18 +434,19 @@ class Simulator:
 
     def shares(self, seconds: float, warmup: float, pid: int | None = None) -> None:
         self.sharing, self.ok, self.errors, self.first_error = True, 0, 0, b""
-        self.error_codes = {}
+        self.error_codes, self.hashing, self.weights = {}, 0.0, []
         for rig in self.rigs.values():
             if rig.ready:
-                data = b"".join(rig.share()[1] for _ in range(self.window - rig.inflight))
-                rig.inflight = self.window
-                self.send(rig, data)
+                self.refill(rig)
         start = time.monotonic() + warmup
         end = start + seconds
         while (now := time.monotonic()) < start:
             self.poll(start - now)
         cpu0 = cpu_seconds(pid)
         self.counting = True
+        for rig in self.rigs.values():
+            if rig.ready:
+                self._saw_weight(rig.weight)
         while (now := time.monotonic()) < end:
             self.poll(end - now)
         self.counting = False
@@ -422,6 +467,9 @@ class Simulator:
             rigs=len(self.rigs),
             first_error=self.first_error[:300].decode(errors="replace"),
             error_codes=self.error_codes,
+            hashing=self.hashing,
+            weights=self.weights,
+            one_per_job=self.one_per_job,
             failures=sorted(set(self.failed))[:5],  # why rigs were closed since they connected
         )
 
@@ -534,6 +582,11 @@ def main(argv: list[str] | None = None) -> int:
         "--address", default=PRIVATENET_ADDRESS, help="payout address (rigs are ADDRESS.rigN)"
     )
     parser.add_argument(
+        "--stale-waits",
+        action="store_true",
+        help="after a 31 (stale job) reply, send one share per job (the node's policy)",
+    )
+    parser.add_argument(
         "--no-authorize",
         dest="authorize",
         action="store_false",
@@ -541,7 +594,16 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = parser.parse_args(argv)
     raise_nofile(args.count + 64)
-    sim = Simulator(args.host, args.port, args.count, args.mode, args.window, args.address, args.authorize)
+    sim = Simulator(
+        args.host,
+        args.port,
+        args.count,
+        args.mode,
+        args.window,
+        args.address,
+        args.authorize,
+        args.stale_waits,
+    )
     sim.connect_all(args.connect_timeout)
     sim.serve()
     return 0

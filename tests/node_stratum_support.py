@@ -51,6 +51,8 @@ class _Rig(socketserver.StreamRequestHandler):
         if method == "submit":
             self.wfile.write(self.submit(msgid, params))
             return True
+        if method == "authorize" and self.server.authorize == "ignore":
+            return True
         self.wfile.write(
             _line(
                 {
@@ -70,7 +72,7 @@ class _Rig(socketserver.StreamRequestHandler):
             "data": header.hex(),
             "job_id": job_id,
             "nonce_size": 16,
-            "weight": SHARE_WEIGHT,
+            "weight": self.server.share_weight,
             "parent_hash": os.urandom(32).hex(),
         }
         self.jobs_sent += 1
@@ -90,22 +92,27 @@ class _Rig(socketserver.StreamRequestHandler):
             )
         nonce = int(params["nonce"], 16).to_bytes(16, "big")
         digest = hashlib.sha256(hashlib.sha256(header + nonce).digest()).digest()[::-1]
-        if digest >= target_to_bytes(weight_to_target(SHARE_WEIGHT)):
+        if digest >= target_to_bytes(weight_to_target(self.server.share_weight)):
             return error(30, "Invalid solution")
         self.server.accepted += 1
         return _line({"result": "ok", "error": None, "id": msgid}) + self.new_job()
 
 
 class NodeStratum(socketserver.ThreadingTCPServer):
-    """``with NodeStratum() as node:`` serves on ``node.port`` (loopback) until the block ends."""
+    """``with NodeStratum() as node:`` serves on ``node.port`` (loopback) until the block ends.
+
+    ``authorize="ignore"`` never answers authorize and keeps the connection, as tx-mining-service
+    does; ``share_weight`` is the weight of every job."""
 
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self) -> None:
+    def __init__(self, *, authorize: str = "close", share_weight: float = SHARE_WEIGHT) -> None:
         super().__init__(("127.0.0.1", 0), _Rig)
         self.port = self.server_address[1]
         self.accepted = 0
+        self.authorize = authorize
+        self.share_weight = share_weight
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
 
     def __enter__(self) -> NodeStratum:

@@ -199,6 +199,8 @@ def test_against_drives_a_running_stratum_server_and_reports_its_cpu(capsys) -> 
     assert out["rigs"] == 3 and out["errors"] == 0 and out["answered"] > 0
     assert out["shares_per_s"] > 0 and out["server_cpu_s"] > 0
     assert out["authorize"] is True  # the proxy answers authorize: its rigs are ADDRESS.rigN
+    assert out["one_share_per_job"] is False and out["job_weights"] == [0.1, 0.1]
+    assert "warning" not in out
 
 
 def test_against_only_subscribes_to_a_server_without_authorize(capsys) -> None:
@@ -239,16 +241,37 @@ def test_against_fails_loudly_when_the_server_closes_its_rigs(capsys) -> None:
     assert "Method not found" in out["failures"][0]
 
 
-def test_against_counts_refusals_by_their_code(capsys) -> None:
-    # Two shares in flight on a server that takes one share per job: the second is stale (31).
+def test_against_sends_one_share_per_job_to_a_server_that_answers_stale(capsys) -> None:
+    # Two shares in flight on a server that takes one share per job: the second of the first
+    # window is stale (31); from then on each rig sends one share per job, so nothing else is.
     with NodeStratum() as node:
+        argv = ["--port", str(node.port), "--rigs", "2", "--window", "2", "--seconds", "0.5", "--warmup", "0"]
+        assert against.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["one_share_per_job"] is True
+    assert 1 <= out["errors"] <= 2 and out["error_codes"] == {"31": out["errors"]}
+    assert "Stale job submitted" in out["first_error"]
+    assert out["answered"] - out["errors"] > 20
+
+
+def test_against_asks_and_moves_on_when_the_server_never_answers_authorize(capsys) -> None:
+    # tx-mining-service neither answers authorize nor closes: the rigs only subscribe.
+    with NodeStratum(authorize="ignore") as node:
         assert (
-            against.main(["--port", str(node.port), "--rigs", "2", "--window", "2", "--seconds", "0.3"]) == 0
+            against.main(["--port", str(node.port), "--rigs", "2", "--window", "1", "--seconds", "0.3"]) == 0
         )
     out = json.loads(capsys.readouterr().out)
-    assert out["errors"] > 0 and set(out["error_codes"]) == {"31"}
-    assert out["error_codes"]["31"] == out["errors"]
-    assert "Stale job submitted" in out["first_error"]
+    assert out["authorize"] is False and out["errors"] == 0 and out["answered"] > 0
+
+
+def test_against_warns_when_the_rate_is_the_simulators_own_hashing(capsys) -> None:
+    # At weight 17 a share is ~130,000 hashes of Python: the run measures the simulator.
+    with NodeStratum(share_weight=17.0) as node:
+        argv = ["--port", str(node.port), "--rigs", "1", "--window", "1", "--seconds", "0.5", "--warmup", "0"]
+        assert against.main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["job_weights"] == [17.0, 17.0]
+    assert out["simulator_hashing_s"] > 0.25 and "the rate measures the simulator" in out["warning"]
 
 
 def test_the_rig_simulator_reads_the_nodes_spelling_of_jobs_and_replies(monkeypatch) -> None:
