@@ -45,8 +45,8 @@ from bench.common import PRIVATENET_ADDRESS
 ROOT = Path(__file__).resolve().parent.parent
 
 PROBE_TIMEOUT = 10.0  # for the server's first job
-HASHING_BOUND = 0.5  # of the run spent hashing, beyond which the rate is the simulator's
 PROBE_QUIET = 2.0  # then, for an answer to authorize
+HASHING_BOUND = 0.5  # of the run spent hashing, beyond which the rate is the simulator's
 
 
 def probe_authorize(
