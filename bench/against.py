@@ -40,7 +40,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import PRIVATENET_ADDRESS
+from bench.common import PRIVATENET_ADDRESS, json_object
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -77,11 +77,8 @@ def probe_authorize(
             while b"\n" in buffer:
                 raw, _, buffer = buffer.partition(b"\n")
                 lines.append(raw.decode(errors="replace"))
-                try:
-                    message = json.loads(raw)
-                except ValueError:
-                    continue
-                if not isinstance(message, dict):
+                message = json_object(raw)
+                if message is None:
                     continue
                 if message.get("method") == "job" and deadline - time.monotonic() > quiet:
                     deadline = time.monotonic() + quiet  # a job came: authorize gets a little longer

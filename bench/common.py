@@ -77,6 +77,15 @@ def rss_bytes(pid: int) -> int:
 # --- statistics ----------------------------------------------------------------------------------
 
 
+def json_object(line: bytes | str) -> dict[str, Any] | None:
+    """A line's JSON object; None when the line is not JSON or holds something else."""
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return None
+    return message if isinstance(message, dict) else None
+
+
 def percentile(values: Sequence[float], q: float) -> float:
     """The q-th percentile (0..100), nearest-rank on the sorted values."""
     if not values:

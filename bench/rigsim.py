@@ -58,7 +58,7 @@ import sys
 import time
 
 from bench import kstamp
-from bench.common import PRIVATENET_ADDRESS, raise_nofile
+from bench.common import PRIVATENET_ADDRESS, json_object, raise_nofile
 from hashing.pow import target_to_bytes, weight_to_target
 
 CONNECTS_IN_FLIGHT = 256
@@ -137,10 +137,7 @@ class Rig:
 
 def _error_code(line: bytes) -> str:
     """A refusal's error code, as text ("?" when the line does not say one)."""
-    try:
-        error = json.loads(line).get("error")
-    except (ValueError, AttributeError):
-        return "?"
+    error = (json_object(line) or {}).get("error")
     code = error.get("code") if isinstance(error, dict) else None
     return str(code) if isinstance(code, int) else "?"
 
@@ -286,11 +283,8 @@ class Simulator:
             self.on_reply(rig, False, line)
         elif line.strip():
             # Any other server's spelling (spaces, key order, result true): parse it.
-            try:
-                message = json.loads(line)
-            except ValueError:
-                return
-            if not isinstance(message, dict):
+            message = json_object(line)
+            if message is None:
                 return
             if message.get("method") == "client.get_version":
                 reply = {"id": message.get("id"), "result": "rigsim/1.0", "error": None}
