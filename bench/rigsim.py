@@ -81,7 +81,7 @@ class Rig:
     __slots__ = (
         "index", "sock", "fd", "inbuf", "outbuf", "connected", "ready", "mid", "target", "job_id",
         "nonce", "next_id", "inflight", "arrived", "arrived_k", "last_reply", "written", "tx_base",
-        "tx_stamps", "weight", "sent_on_job",
+        "tx_stamps", "weight", "sent_on_job", "closed",
     )  # fmt: skip
 
     def __init__(self, index: int, sock: socket.socket) -> None:
@@ -106,6 +106,7 @@ class Rig:
         self.tx_stamps: dict[int, float] | None = None  # offset of a send's last byte -> its stamp
         self.weight = 0.0  # the job's share weight
         self.sent_on_job = 0  # shares sent for the current job
+        self.closed = False  # failed: its socket is closed and it is out of the simulator
 
     def set_job(self, header: bytes, weight: float, job_id: str) -> None:
         self.mid = _sha256(header)
@@ -217,6 +218,9 @@ class Simulator:
             sent = rig.sock.send(data)
         except BlockingIOError:
             sent = 0
+        except OSError as exc:  # the server closed: a reset, a broken pipe
+            self.fail(rig, f"send: {exc} (last line {rig.last_reply[:200]!r})")
+            return
         rig.written += sent
         if sent < len(data):
             rig.outbuf = data[sent:]
@@ -237,11 +241,14 @@ class Simulator:
         if self.authorize:
             hello += b'{"id":2,"method":"authorize","params":["%s.rig%d","x"]}\n' % (address, rig.index)
         self.send(rig, hello)
-        if self.mode == "relay":  # a relay answers nothing: mine the fixed job at once
+        if self.mode == "relay" and not rig.closed:  # a relay answers nothing: mine the fixed job at once
             rig.set_job(FAKE_HEADER, FAKE_WEIGHT, "00" * 16)
             self.became_ready(rig)
 
     def fail(self, rig: Rig, reason: str) -> None:
+        if rig.closed:
+            return
+        rig.closed = True
         self.failed.append(reason)
         self.epoll.unregister(rig.fd)
         del self.rigs[rig.fd]
@@ -347,7 +354,7 @@ class Simulator:
         except (BlockingIOError, InterruptedError):
             return
         except OSError as exc:
-            self.fail(rig, f"recv: {exc}")
+            self.fail(rig, f"recv: {exc} (last line {rig.last_reply[:200]!r})")
             return
         now = time.monotonic()
         if not data:
@@ -373,6 +380,8 @@ class Simulator:
             rig.inbuf = lines.pop()
         for line in lines:
             self.on_line(rig, line, now)
+            if rig.closed:  # (a reply written back failed)
+                return
         if self.sharing and rig.inflight < self.window and rig.ready:
             self.refill(rig)
 
@@ -393,6 +402,8 @@ class Simulator:
             if mask & select.EPOLLOUT and rig.outbuf:
                 data, rig.outbuf = rig.outbuf, b""
                 self.send(rig, data)
+                if rig.closed:
+                    continue
                 if not rig.outbuf:
                     self.epoll.modify(rig.fd, select.EPOLLIN)
             if mask & select.EPOLLERR and rig.tx_stamps is not None:
@@ -522,6 +533,8 @@ class Simulator:
             sent_at = time.monotonic()
             wall = time.time()
             self.send(rig, line)
+            if rig.closed:
+                break
             self.take_tx_stamps(rig)  # on loopback the stamp is queued before send() returns
             sends.append([f"{nonce:032x}", sent_at, wall])
             # The next share only once this one is answered and, with acks, read by the node: a

@@ -238,7 +238,9 @@ def test_against_fails_loudly_when_the_server_closes_its_rigs(capsys) -> None:
     assert code == 1
     # (closed before the simulator said it was ready, or during the run: the close may come after the job)
     assert out["error"] in ("not every rig got a job", "1 of 1 rigs were closed during the run")
-    assert "Method not found" in out["failures"][0]
+    # The server's last line says why; unless the rig's first shares reached the server after it
+    # had read the authorize and before it closed: its close is then a reset, which discards it.
+    assert "Method not found" in out["failures"][0] or "Connection reset" in out["failures"][0]
 
 
 def test_against_sends_one_share_per_job_to_a_server_that_answers_stale(capsys) -> None:
