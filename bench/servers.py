@@ -9,8 +9,8 @@ Modes:
     the real proxy components: :class:`PoolService` + :class:`StratumServer`, with the real
     :class:`MiningUpstream` connected to ``--node`` (a fake node, see ``bench/fakenode.py``) or an
     in-process fake upstream holding one template. ``--record`` adds the pool's durable accounting
-    record (SQLite, ``synchronous=full``, with the found-block journal, as deployed): every "ok"
-    then waits for its commit.
+    record (SQLite, ``synchronous=full``, with the found-block journal, as deployed; ``--synchronous
+    normal`` for the other setting of ``[events] synchronous``): every "ok" then waits for its commit.
 ``echo``
     the share-path floor: a bare trio server that writes every complete line back (one write per
     read), on the same kind of sockets.
@@ -207,7 +207,7 @@ async def serve_stratum(args: argparse.Namespace) -> None:
                     await trio.sleep(0.01)
             if args.record:
                 database = Path(tmp) / "events.sqlite3"
-                event_log = EventLog(database, synchronous="full")
+                event_log = EventLog(database, synchronous=args.synchronous)
                 open_pool_stream(event_log, "privatenet")
                 # With the found-block journal, as EventsService sets it up: a block's line is
                 # written before the block goes upstream (figure 5 times it).
@@ -330,6 +330,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("mode", choices=("stratum", "echo", "bare", "relay"))
     parser.add_argument("--node", help="ws:// URL of the fake node (stratum: its mining_ws base http URL)")
     parser.add_argument("--record", action="store_true", help="stratum: the durable pool record on")
+    parser.add_argument(
+        "--synchronous",
+        choices=("full", "normal"),
+        default="full",
+        help="stratum --record: the record's [events] synchronous (full, the default, as deployed)",
+    )
     parser.add_argument("--share-weight", type=float, default=0.0, help="stratum: pin the share weight")
     parser.add_argument(
         "--weight-spread", type=int, default=1, help="stratum with --share-weight: rigs on this many weights"

@@ -203,6 +203,29 @@ def test_against_drives_a_running_stratum_server_and_reports_its_cpu(capsys) -> 
     assert "warning" not in out
 
 
+def test_the_proxy_serves_with_the_record_at_either_synchronous_setting(capsys) -> None:
+    # Both settings of [events] synchronous: every "ok" still waits for its commit.
+    for setting in ("full", "normal"):
+        server = Child(
+            "bench.servers",
+            "stratum",
+            "--share-weight",
+            "0.1",
+            "--record",
+            "--synchronous",
+            setting,
+            name=setting,
+        )
+        try:
+            ready = server.receive()
+            argv = ["--port", str(ready["port"]), "--rigs", "2", "--window", "2", "--seconds", "0.3"]
+            assert against.main(argv) == 0
+        finally:
+            server.close()
+        out = json.loads(capsys.readouterr().out)
+        assert out["errors"] == 0 and out["answered"] > 0
+
+
 def test_against_only_subscribes_to_a_server_without_authorize(capsys) -> None:
     # The node's own Stratum closes a connection that sends authorize (-32601 is fatal there):
     # asked first, the rigs only subscribe, and every one of them mines.
