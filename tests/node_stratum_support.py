@@ -94,7 +94,8 @@ class _Rig(socketserver.StreamRequestHandler):
         digest = hashlib.sha256(hashlib.sha256(header + nonce).digest()).digest()[::-1]
         if digest >= target_to_bytes(weight_to_target(self.server.share_weight)):
             return error(30, "Invalid solution")
-        self.server.accepted += 1
+        with self.server.lock:  # (one handler thread per rig)
+            self.server.accepted += 1
         return _line({"result": "ok", "error": None, "id": msgid}) + self.new_job()
 
 
@@ -111,6 +112,7 @@ class NodeStratum(socketserver.ThreadingTCPServer):
         super().__init__(("127.0.0.1", 0), _Rig)
         self.port = self.server_address[1]
         self.accepted = 0
+        self.lock = threading.Lock()
         self.authorize = authorize
         self.share_weight = share_weight
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
