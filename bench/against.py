@@ -1,14 +1,15 @@
 """The share-path rig simulator against any Hathor Stratum server: ``python -m bench.against``.
 
-``python -m bench.against --port P [--host H] [--rigs N] [--window W] [--seconds S] [--pid PID]
-[--address A] [--authorize auto|yes|no]``
+``python -m bench.against --port P [--host H] [--rigs N] [--window W] [--seconds S]
+[--pid PID[,PID...]] [--address A] [--authorize auto|yes|no]``
 
 Connects ``N`` simulated rigs (``bench/rigsim.py``, the same simulator figure 1 uses), each
 subscribing with ``{"address": A}`` (``--address``, default the privatenet genesis wallet: give
 an address of the server's network) and, where the server has the method, authorizing as
 ``A.rigI``; mines valid shares for the jobs the server hands out and keeps ``W`` in flight per rig,
 then prints one JSON line: replies counted over ``S`` seconds after a warm-up, shares/s, and with
-``--pid`` (the server's process id, same machine) the server's CPU seconds and shares per CPU
+``--pid`` (the server's process id, same machine; several, comma-separated, are added up: a
+server and the node it hands every block to) the server's CPU seconds and shares per CPU
 second, the figure's "on one core" number. Give the server a low share difficulty (weight ~0.1,
 difficulty ~1e-5): the simulator finds each share by hashing, like a rig.
 
@@ -89,6 +90,15 @@ def probe_authorize(
     raise RuntimeError(f"no job within {timeout:g}s; the server sent {lines[:4]}")
 
 
+def _pids(text: str) -> list[int]:
+    try:
+        return [int(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected a pid or pids separated by commas, got {text!r}"
+        ) from None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
@@ -97,7 +107,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window", type=int, default=4, help="shares in flight per rig")
     parser.add_argument("--seconds", type=float, default=5.0)
     parser.add_argument("--warmup", type=float, default=0.5)
-    parser.add_argument("--pid", type=int, help="the server's pid, for its CPU time (same machine)")
+    parser.add_argument(
+        "--pid",
+        type=_pids,
+        help="the server's pid, for its CPU time (same machine); PID,PID,... adds up several processes "
+        "(a server and the node it hands blocks to)",
+    )
     parser.add_argument(
         "--address",
         default=PRIVATENET_ADDRESS,
@@ -110,8 +125,9 @@ def main(argv: list[str] | None = None) -> int:
         help="send authorize after subscribe (auto: ask the server first)",
     )
     args = parser.parse_args(argv)
-    if args.pid is not None and not Path(f"/proc/{args.pid}/stat").exists():
-        parser.error(f"--pid {args.pid}: no such process on this machine")
+    for pid in args.pid or []:
+        if not Path(f"/proc/{pid}/stat").exists():
+            parser.error(f"--pid {pid}: no such process on this machine")
     if args.authorize == "auto":
         try:
             authorize, _ = probe_authorize(args.host, args.port, args.address)

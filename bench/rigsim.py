@@ -68,13 +68,17 @@ FIRST_SHARE_ID = 100
 _sha256 = hashlib.sha256
 
 
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU time of process ``pid`` (all its threads) so far; 0 without a pid."""
+def cpu_seconds(pid: int | list[int] | None) -> float:
+    """User + system CPU time of process ``pid`` (all its threads), or of several processes
+    together, so far; 0 without a pid."""
     if pid is None:
         return 0.0
-    with open(f"/proc/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    total = 0
+    for one in pid if isinstance(pid, list) else [pid]:
+        with open(f"/proc/{one}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        total += int(fields[11]) + int(fields[12])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 class Rig:
@@ -437,7 +441,7 @@ class Simulator:
             seconds=time.monotonic() - started,
         )
 
-    def shares(self, seconds: float, warmup: float, pid: int | None = None) -> None:
+    def shares(self, seconds: float, warmup: float, pid: int | list[int] | None = None) -> None:
         self.sharing, self.ok, self.errors, self.first_error = True, 0, 0, b""
         self.error_codes, self.hashing, self.weights = {}, 0.0, []
         for rig in self.rigs.values():

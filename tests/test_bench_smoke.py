@@ -7,8 +7,11 @@ processes, the rig simulator, the fake node, the document writer).
 from __future__ import annotations
 
 import json
+import os
 import socket
 from pathlib import Path
+
+import pytest
 
 from bench import (
     against,
@@ -201,6 +204,20 @@ def test_against_drives_a_running_stratum_server_and_reports_its_cpu(capsys) -> 
     assert out["authorize"] is True  # the proxy answers authorize: its rigs are ADDRESS.rigN
     assert out["one_share_per_job"] is False and out["job_weights"] == [0.1, 0.1]
     assert "warning" not in out
+
+
+def test_the_simulator_adds_up_the_cpu_of_several_processes(capsys) -> None:
+    # --pid SERVER,NODE: a server that hands every block to a node is judged with the node's CPU.
+    me = os.getpid()
+    sum(range(2_000_000))  # (some CPU time of our own)
+    alone = rigsim.cpu_seconds(me)
+    twice = rigsim.cpu_seconds([me, me])
+    after = rigsim.cpu_seconds(me)
+    assert alone > 0 and 2 * alone <= twice <= 2 * after
+    with pytest.raises(SystemExit) as refused:
+        against.main(["--port", "1", "--pid", f"{me},x"])
+    assert refused.value.code == 2
+    assert "expected a pid or pids separated by commas" in capsys.readouterr().err
 
 
 def test_the_proxy_serves_with_the_record_at_either_synchronous_setting(capsys) -> None:
