@@ -12,6 +12,10 @@ Baseline, measured in the same run and interleaved round by round: a bare trio s
 same N rig sockets that, on the node's message, writes one pre-encoded job line to each socket in
 a loop, one non-blocking ``write`` each (the floor: what the proxy's fan-out would cost if a job
 were free).
+
+A machine whose hard RLIMIT_NOFILE holds fewer sockets per process than a size asks (the server
+holds every rig's socket) runs that size with as many rigs as it can, and says so: its p99 is
+not judged against the goal of the size asked, which is for that many rigs.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from bench.common import Child, median, percentile
+from bench.common import Child, max_sockets, median, percentile
 
 GOALS_P99 = {1000: 0.025, 10000: 0.250}
 # Rounds per size. A round's p99 swings with the machine's load (1,000 rigs: 18-29 ms in one run;
@@ -91,20 +95,26 @@ def run(
     *, quick: bool = False, sizes: tuple[int, ...] | None = None, rounds: int | None = None
 ) -> dict[str, Any]:
     sizes = sizes or ((100, 1000) if quick else (100, 1000, 10000))
+    cap = max_sockets()
     result: dict[str, Any] = {
         "share_weight": SHARE_WEIGHT,
         "weight_spread": WEIGHT_SPREAD,
         "sizes": {},
+        "cap": cap,
+        "capped": {},  # size asked -> rigs run, where the machine holds fewer sockets
     }
     measure = "kernel"  # "read" if some round had no kernel stamps
     for size in sizes:
         size_rounds = rounds or (QUICK_ROUNDS if quick else ROUNDS.get(size, 5))
+        rigs_run = min(size, cap)
+        if rigs_run != size:
+            result["capped"][str(size)] = rigs_run
         children: dict[str, tuple[Child, Child, Child]] = {}
         per_round: dict[str, list[list[float]]] = {"baseline": [], "proxy": []}
         read_rounds: dict[str, list[list[float]]] = {"baseline": [], "proxy": []}
         try:
             for kind in per_round:
-                children[kind] = _setup(kind, size)
+                children[kind] = _setup(kind, rigs_run)
             for _ in range(size_rounds):
                 for kind in per_round:
                     node, _, rigs = children[kind]
@@ -113,14 +123,14 @@ def run(
                         measure, stamped = "read", read
                     per_round[kind].append(stamped)
                     read_rounds[kind].append(read)
-                    time.sleep(0.2 + size / 20000)  # let the servers settle before the next round
+                    time.sleep(0.2 + rigs_run / 20000)  # let the servers settle before the next round
             # The proxy's longest collector pause per generation, connections and rounds included.
             gc_longest = children["proxy"][1].ask(cmd="stats").get("gc_longest", {})
         finally:
             for trio_ in children.values():
                 for child in reversed(trio_):
                     child.close()
-        summary: dict[str, Any] = {"rounds": size_rounds}
+        summary: dict[str, Any] = {"rounds": size_rounds, "rigs": rigs_run}
         for kind, lats in per_round.items():
             summary[kind] = {
                 "p50": median([percentile(r, 50) for r in lats]),

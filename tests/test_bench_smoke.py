@@ -78,6 +78,20 @@ def test_fanout_times_every_rig() -> None:
     assert report.rows("fanout", json.loads(json.dumps(result)))
 
 
+def test_fanout_runs_a_size_past_the_socket_limit_with_the_rigs_it_can_and_does_not_judge_it(
+    monkeypatch,
+) -> None:
+    # A machine whose hard RLIMIT_NOFILE holds 40 sockets a process, asked for 1,000 rigs: it
+    # measures 40 and says so, and the 1,000-rig goal is not judged on them.
+    monkeypatch.setattr(fanout, "max_sockets", lambda: 40)
+    result = json.loads(json.dumps(fanout.run(sizes=(1000,), rounds=1)))
+    assert result["capped"] == {"1000": 40} and result["sizes"]["1000"]["rigs"] == 40
+    (row,) = report.rows("fanout", result)
+    assert row[1] == "40 rigs (of 1,000 asked)" and row[-1] == "-"
+    assert "not judged at 40" in row[-2]
+    assert "**Capped:**" in "\n".join(report.SECTIONS["fanout"](result))
+
+
 def test_the_fanout_section_says_how_many_rounds_each_size_had() -> None:
     def size(rounds: int) -> dict[str, object]:
         timing = {"p50": 0.001, "p99": 0.002, "max": 0.003, "p99_runs": [2.0] * rounds}
