@@ -560,7 +560,8 @@ def plots(stored: dict[str, Any], folder: Path) -> dict[str, str]:
             for kind, style in (("proxy", "-"), ("baseline", ":")):
                 curve = [x * 1000 for x in s[kind]["curve"]]
                 fractions = [i / (len(curve) - 1) for i in range(len(curve))]
-                ax.plot(curve, fractions, style, color=f"C{n}", label=f"{kind}, {size} rigs")
+                rigs = s.get("rigs", int(size))  # (fewer than asked where the machine caps sockets)
+                ax.plot(curve, fractions, style, color=f"C{n}", label=f"{kind}, {rigs} rigs")
         ax.set_xscale("log")
         ax.set_xlabel("ms from mining.notify to the rig holding its job")
         ax.set_ylabel("fraction of rigs")
