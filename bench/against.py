@@ -52,11 +52,11 @@ HASHING_BOUND = 0.5  # of the run spent hashing, beyond which the rate is the si
 
 def probe_authorize(
     host: str, port: int, address: str, timeout: float = PROBE_TIMEOUT, quiet: float = PROBE_QUIET
-) -> tuple[bool, list[str]]:
+) -> bool:
     """Whether to authorize, asked on one connection: subscribe, then authorize, and read until
     the authorize's reply (id 2), the server's close, or ``quiet`` seconds after its first job.
     Only a success is a yes: the node closes on authorize (-32601), tx-mining-service never
-    answers it. Returns the answer and the lines the server sent."""
+    answers it. RuntimeError, with what the server sent, when no job comes within ``timeout``."""
     lines: list[str] = []
     with socket.create_connection((host, port), timeout=timeout) as sock:
         hello = (
@@ -73,7 +73,7 @@ def probe_authorize(
             except TimeoutError:
                 break
             if not data:
-                return False, lines  # closed on authorize (or on the subscribe: the run says which)
+                return False  # closed on authorize (or on the subscribe: the run says which)
             buffer += data
             while b"\n" in buffer:
                 raw, _, buffer = buffer.partition(b"\n")
@@ -84,9 +84,9 @@ def probe_authorize(
                 if message.get("method") == "job" and deadline - time.monotonic() > quiet:
                     deadline = time.monotonic() + quiet  # a job came: authorize gets a little longer
                 elif message.get("id") == 2 and "method" not in message:
-                    return message.get("error") is None and message.get("result") in ("ok", True), lines
+                    return message.get("error") is None and message.get("result") in ("ok", True)
         if any('"job"' in line for line in lines):
-            return False, lines  # jobs, and no answer to authorize: the server ignores it
+            return False  # jobs, and no answer to authorize: the server ignores it
     raise RuntimeError(f"no job within {timeout:g}s; the server sent {lines[:4]}")
 
 
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"--pid {pid}: no such process on this machine")
     if args.authorize == "auto":
         try:
-            authorize, _ = probe_authorize(args.host, args.port, args.address)
+            authorize = probe_authorize(args.host, args.port, args.address)
         except (OSError, RuntimeError) as exc:
             print(json.dumps({"error": f"asking the server whether it takes authorize: {exc}"}), flush=True)
             return 1

@@ -226,6 +226,7 @@ async def serve_stratum(args: argparse.Namespace) -> None:
                     "rejected": dict(pool.stats.pool.rejected),
                     "blocks": pool.stats.pool.blocks,
                     "gc_longest": {str(gen): took for gen, took in sorted(longest.items())},
+                    "record_synchronous": event_log.synchronous() if args.record else None,
                 }
 
             gcpolicy.freeze_startup()

@@ -251,6 +251,7 @@ def test_the_proxy_serves_with_the_record_at_either_synchronous_setting(capsys) 
             ready = server.receive()
             argv = ["--port", str(ready["port"]), "--rigs", "2", "--window", "2", "--seconds", "0.3"]
             assert against.main(argv) == 0
+            assert server.ask(cmd="stats")["record_synchronous"] == setting  # (in force, read back)
         finally:
             server.close()
         out = json.loads(capsys.readouterr().out)

@@ -270,6 +270,12 @@ _WRITER = textwrap.dedent(
 
 
 @pytest.mark.parametrize("synchronous", ["full", "normal"])
+def test_the_log_says_which_synchronous_setting_is_in_force(tmp_path: Path, synchronous: str) -> None:
+    with EventLog(tmp_path / "e.sqlite3", synchronous=synchronous) as log:
+        assert log.synchronous() == synchronous
+
+
+@pytest.mark.parametrize("synchronous", ["full", "normal"])
 def test_sigkill_mid_append_loses_nothing_acknowledged_and_leaves_no_gap(
     path: Path, synchronous: str
 ) -> None:

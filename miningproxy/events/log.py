@@ -217,6 +217,13 @@ class EventLog:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
+    def synchronous(self) -> str:
+        """The write connection's ``PRAGMA synchronous`` as it is in force ("full", "normal", ...):
+        what every commit's durability actually is, read back rather than remembered."""
+        with self._write_lock:
+            level = self._write.execute("PRAGMA synchronous").fetchone()[0]
+        return {0: "off", 1: "normal", 2: "full", 3: "extra"}.get(level, str(level))
+
     # --- identity and metadata -------------------------------------------------------------------
 
     def identity(self, seq: str) -> StreamIdentity | None:
